@@ -1,0 +1,99 @@
+"""The challenge's training clock (parameter-golf.md §3.3) as a callback.
+
+Not Lightning's ``Timer``: its clock also counts validation and the first-step compile, and its stop decision is
+rank 0's broadcast; the challenge pauses the clock during validation, starts it after compile warm-up, and stops on
+the first step at which *any* rank is over the budget (an all-reduced MAX)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class WallClockBudget(Callback):
+    def __init__(self, budget_seconds: float = 600.0, reserve_seconds: float = 0.0, verbose: bool = True) -> None:
+        """
+        Args:
+            budget_seconds: Training wall-clock budget (600 in the challenge). 0 disables the stop but keeps the clock.
+            reserve_seconds: Part of the budget kept for work that must finish inside it after the loop (e.g. GPTQ
+                Hessians on training data); training stops at budget - reserve.
+            verbose: Log why and when training stopped.
+        """
+        if budget_seconds < 0 or reserve_seconds < 0 or (budget_seconds and reserve_seconds >= budget_seconds):
+            raise ValueError(
+                f"WallClockBudget: need 0 <= reserve_seconds ({reserve_seconds}) < budget_seconds ({budget_seconds})"
+            )
+        self.budget_seconds = budget_seconds
+        self.reserve_seconds = reserve_seconds
+        self.verbose = verbose
+        self._spent = 0.0  # seconds accumulated while the clock was running, survives resume
+        self._started_at: float | None = None
+        self.steps_timed = 0
+        self.stopped_at_step: int | None = None
+        self.stop_reason: str | None = None
+
+    # -- the clock -------------------------------------------------------------------------------------------------
+    @property
+    def usable_seconds(self) -> float:
+        return self.budget_seconds - self.reserve_seconds
+
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self._started_at if self._started_at is not None else 0.0
+        return self._spent + running
+
+    def fraction(self) -> float:
+        """Elapsed share of the usable budget (drives time-based LR schedules and late QAT)."""
+        return self.elapsed() / self.usable_seconds if self.budget_seconds else 0.0
+
+    def _pause(self) -> None:
+        if self._started_at is not None:
+            self._spent += time.perf_counter() - self._started_at
+            self._started_at = None
+
+    def _resume(self) -> None:
+        if self._started_at is None:
+            self._started_at = time.perf_counter()
+
+    # -- hooks -----------------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        self._resume()  # first call is after compile warm-up (on_train_start), so warm-up is not counted
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._pause()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._resume()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        self.steps_timed += 1
+        if not self.budget_seconds:
+            return
+        over = self.elapsed() >= self.usable_seconds
+        # all=False: stop when any rank is over (MAX), so every rank stops after the same step and none hangs.
+        if trainer.strategy.reduce_boolean_decision(over, all=False):
+            trainer.should_stop = True
+            self.stopped_at_step = trainer.global_step
+            self.stop_reason = f"wall-clock budget: {self.elapsed():.1f}s >= {self.usable_seconds:.1f}s"
+            if self.verbose:
+                rank_zero_info(f"golf: stopping at step {trainer.global_step}: {self.stop_reason}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._pause()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._pause()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent": self.elapsed(), "steps_timed": self.steps_timed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._spent = float(state_dict.get("spent", 0.0))
+        self.steps_timed = int(state_dict.get("steps_timed", 0))
+
+
+def find_budget(trainer) -> WallClockBudget | None:
+    return next((c for c in trainer.callbacks if isinstance(c, WallClockBudget)), None)

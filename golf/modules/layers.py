@@ -1,0 +1,81 @@
+"""Small building blocks shared by the mixers: a Linear with fp32 master weights and switchable fake-quant, RoPE, MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CastedLinear(nn.Linear):
+    """nn.Linear whose fp32 weight is cast to the activation dtype at matmul time (bf16 autocast keeps fp32 masters).
+
+    Late QAT: ``qat_mix`` is a 0-d tensor (0 off, 1 on) rather than a Python flag, so switching fake-quantization on
+    mid-run changes no compiled graph. ``qat_bits`` is fixed at construction time by the QAT callback."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, zero_init: bool = False) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.zero_init = zero_init
+        self.qat_bits = 0
+        self.qat_mix: torch.Tensor | None = None
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.qat_mix is not None:
+            from golf.quant.qat import fake_quant_weight
+
+            w = fake_quant_weight(w, self.qat_bits, self.qat_mix)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, w.to(x.dtype), bias)
+
+
+def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
+class Rotary(nn.Module):
+    """RoPE tables (half-split convention of the baseline), cached per length and device; no buffers, so DDP has
+    nothing to broadcast and checkpoints hold nothing that can be recomputed."""
+
+    def __init__(self, dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.base = base
+        self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (offset + seq_len, str(device))
+        if key not in self._cache:
+            inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+            t = torch.arange(offset + seq_len, dtype=torch.float32, device=device)
+            freqs = torch.outer(t, inv_freq)
+            self._cache[key] = (freqs.cos()[None, None], freqs.sin()[None, None])
+        cos, sin = self._cache[key]
+        return cos[:, :, offset : offset + seq_len], sin[:, :, offset : offset + seq_len]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+class MLP(nn.Module):
+    """fc -> relu² (baseline) or LeakyReLU(0.5)² -> proj (zero-initialised)."""
+
+    def __init__(self, dim: int, mult: float, activation: str = "relu2") -> None:
+        super().__init__()
+        if activation not in ("relu2", "leaky_relu2"):
+            raise ValueError(f"model.backbone.mlp_activation={activation!r}: use 'relu2' or 'leaky_relu2'")
+        hidden = int(mult * dim)
+        self.fc = CastedLinear(dim, hidden)
+        self.proj = CastedLinear(hidden, dim, zero_init=True)
+        self.negative_slope = 0.0 if activation == "relu2" else 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        h = F.relu(h) if self.negative_slope == 0.0 else F.leaky_relu(h, self.negative_slope)
+        return self.proj(h.square())

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from golf.errors import GolfError
+from golf.model import GolfLM
+from golf.modules.backbone import Backbone
+from golf.modules.config import BackboneConfig, SSMConfig
+
+HYBRID = BackboneConfig(layers="SSASSAS", mlp_mult=3.0, mlp_activation="leaky_relu2", ssm=SSMConfig())
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_baseline_parameter_count_is_exact():
+    assert count(Backbone(BackboneConfig(), vocab_size=1024)) == 17_059_912
+
+
+def test_hybrid_sp8192_matches_the_best_ssm_entry_exactly():
+    """PR #1644's model_params: 25,159,984 (ssm.md §2.2 accounting), 2240 in_proj rows."""
+    model = Backbone(HYBRID, vocab_size=8192)
+    assert count(model) == 25_159_984
+    assert model.blocks[0].mixer.in_proj.weight.shape == (2240, 512)
+    groups = model.row_groups()["blocks.0.mixer.in_proj.weight"]
+    assert [(r, e - s) for r, s, e in groups] == [
+        ("z", 1024), ("x", 1024), ("B", 64), ("C", 64), ("dd_dt", 16), ("dd_A", 16), ("trap", 16), ("angles", 16)
+    ]
+    assert "blocks.2.mixer.in_proj.weight" not in model.row_groups()  # attention block
+
+
+def test_unknown_mixer_letter_is_a_clear_error():
+    with pytest.raises(GolfError, match="unknown mixer.*X.*use A, S"):
+        Backbone(BackboneConfig(layers="AXA"), vocab_size=64)
+
+
+def test_custom_mixer_from_import_path():
+    cfg = BackboneConfig(model_dim=32, layers="AM", num_heads=2, num_kv_heads=1, mixers={"M": "toy_mixer.CausalMean"})
+    model = Backbone(cfg, vocab_size=64)
+    assert type(model.blocks[1].mixer).__name__ == "CausalMean"
+    assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 64)
+    with pytest.raises(GolfError, match="mixers.M: cannot import"):
+        Backbone(BackboneConfig(layers="M", mixers={"M": "toy_mixer.Nope"}), vocab_size=64)
+
+
+@pytest.mark.parametrize("layers", ["AAAA", "SASA"])
+def test_optimizer_groups_cover_every_parameter_once(layers):
+    cfg = BackboneConfig(model_dim=64, layers=layers, num_heads=4, num_kv_heads=2, ssm=SSMConfig(d_state=16, headdim=16))
+    lm = GolfLM(vocab_size=128, seq_len=32, backbone=cfg)
+    groups = lm.param_groups()
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(lm.model.parameters()))
+    muon = [p for g in groups if g["use_muon"] for p in g["params"]]
+    assert all(p.ndim == 2 for p in muon)
+    if "S" in layers:
+        dyn = lm.model.blocks[0].mixer
+        adam_ids = {id(p) for g in groups if not g["use_muon"] for p in g["params"]}
+        assert {id(dyn.dt_bias), id(dyn.B_bias), id(dyn.C_bias), id(dyn.D)} <= adam_ids
+
+
+def test_ssm_in_proj_can_go_to_adam():
+    cfg = BackboneConfig(model_dim=64, layers="SA", num_heads=4, num_kv_heads=2, ssm=SSMConfig(d_state=16, headdim=16))
+    from golf.model import OptimizerConfig
+
+    lm = GolfLM(vocab_size=128, seq_len=32, backbone=cfg, optimizer=OptimizerConfig(ssm_in_proj="adam"))
+    in_proj = lm.model.blocks[0].mixer.in_proj.weight
+    group = next(g for g in lm.param_groups() if any(p is in_proj for p in g["params"]))
+    assert not group["use_muon"] and group["lr"] == lm.optim_config.adam_matrix_lr
+
+
+def test_forward_shapes_and_state_carry_equals_one_pass():
+    torch.manual_seed(0)
+    cfg = BackboneConfig(model_dim=64, layers="SAS", num_heads=4, num_kv_heads=2, ssm=SSMConfig(d_state=16, headdim=16, chunk_size=8))
+    model = Backbone(cfg, vocab_size=97).double()
+    for p in model.parameters():  # zero-init projections would make every block the identity
+        torch.nn.init.normal_(p, std=0.05)
+    idx = torch.randint(0, 97, (2, 21))
+    full = model(idx)
+    assert full.shape == (2, 21, 97)
+    a, states = model(idx[:, :13], return_states=True)
+    b, _ = model(idx[:, 13:], states=states, return_states=True)
+    torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-9, atol=1e-9)
