@@ -196,7 +196,7 @@ class GolfLM(pl.LightningModule):
         budget = find_budget(self.trainer) if self._trainer is not None else None
         step = self.trainer.global_step if self._trainer is not None else 0
         if budget is not None and budget.budget_seconds:
-            total, done = budget.usable_seconds, budget.elapsed()
+            total, done = budget.usable_seconds, budget.agreed_elapsed
             warmdown = sched.warmdown_steps * done / max(step, 1) if sched.warmdown_steps else sched.warmdown_fraction * total
         else:
             total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 0

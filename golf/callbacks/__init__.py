@@ -1,5 +1,8 @@
 """golf's callbacks: the challenge clock, late QAT, finalization into an artifact, and constraint plug-ins."""
 
 from golf.callbacks.budget import WallClockBudget
+from golf.callbacks.constraints import ArtifactSizeCap, Constraint, EvalTimeBudget, ParameterCap
+from golf.callbacks.finalize import Finalize
+from golf.callbacks.qat import LateQAT
 
-__all__ = ["WallClockBudget"]
+__all__ = ["WallClockBudget", "Finalize", "LateQAT", "Constraint", "ArtifactSizeCap", "ParameterCap", "EvalTimeBudget"]

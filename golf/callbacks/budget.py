@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -31,6 +32,7 @@ class WallClockBudget(Callback):
         self.verbose = verbose
         self._spent = 0.0  # seconds accumulated while the clock was running, survives resume
         self._started_at: float | None = None
+        self.agreed_elapsed = 0.0  # max over ranks of elapsed(), as of the last step: same on every rank
         self.steps_timed = 0
         self.stopped_at_step: int | None = None
         self.stop_reason: str | None = None
@@ -45,8 +47,8 @@ class WallClockBudget(Callback):
         return self._spent + running
 
     def fraction(self) -> float:
-        """Elapsed share of the usable budget (drives time-based LR schedules and late QAT)."""
-        return self.elapsed() / self.usable_seconds if self.budget_seconds else 0.0
+        """Agreed elapsed share of the usable budget (drives time-based LR schedules and late QAT)."""
+        return self.agreed_elapsed / self.usable_seconds if self.budget_seconds else 0.0
 
     def _pause(self) -> None:
         if self._started_at is not None:
@@ -70,14 +72,16 @@ class WallClockBudget(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         self.steps_timed += 1
+        # One all-reduce (MAX) of the elapsed time per step: every rank sees the same clock, so the time-based LR
+        # schedule and late QAT switch identically everywhere, and all ranks stop after the same step (no hang).
+        clock = torch.tensor([self.elapsed()], dtype=torch.float64, device=pl_module.device)
+        self.agreed_elapsed = float(trainer.strategy.reduce(clock, reduce_op="max"))
         if not self.budget_seconds:
             return
-        over = self.elapsed() >= self.usable_seconds
-        # all=False: stop when any rank is over (MAX), so every rank stops after the same step and none hangs.
-        if trainer.strategy.reduce_boolean_decision(over, all=False):
+        if self.agreed_elapsed >= self.usable_seconds:
             trainer.should_stop = True
             self.stopped_at_step = trainer.global_step
-            self.stop_reason = f"wall-clock budget: {self.elapsed():.1f}s >= {self.usable_seconds:.1f}s"
+            self.stop_reason = f"wall-clock budget: {self.agreed_elapsed:.1f}s >= {self.usable_seconds:.1f}s"
             if self.verbose:
                 rank_zero_info(f"golf: stopping at step {trainer.global_step}: {self.stop_reason}")
 
@@ -91,7 +95,7 @@ class WallClockBudget(Callback):
         return {"spent": self.elapsed(), "steps_timed": self.steps_timed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._spent = float(state_dict.get("spent", 0.0))
+        self._spent = self.agreed_elapsed = float(state_dict.get("spent", 0.0))
         self.steps_timed = int(state_dict.get("steps_timed", 0))
 
 

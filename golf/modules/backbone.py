@@ -14,7 +14,7 @@ from torch import nn
 from golf.errors import GolfError
 from golf.modules.attention import CausalSelfAttention
 from golf.modules.config import BackboneConfig
-from golf.modules.layers import MLP, CastedLinear, rms_norm
+from golf.modules.layers import MLP, CastedLinear, RMSNorm, rms_norm
 from golf.modules.mamba3 import Mamba3Mixer
 
 BUILTIN_MIXERS: dict[str, type[nn.Module]] = {"A": CausalSelfAttention, "S": Mamba3Mixer}
@@ -77,6 +77,7 @@ class Backbone(nn.Module):
         self.num_encoder = n // 2 if config.unet_skips else 0
         num_skips = min(self.num_encoder, n - self.num_encoder)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, config.model_dim)) if num_skips else None
+        self.final_norm = RMSNorm()
         self.lm_head = None if config.tie_embeddings else CastedLinear(config.model_dim, vocab_size, zero_init=True)
 
     def forward(self, idx: torch.Tensor, states: list | None = None, return_states: bool = False):
@@ -96,7 +97,7 @@ class Backbone(nn.Module):
                 x = block(x, x0)
             if i < self.num_encoder:
                 skips.append(x)
-        x = rms_norm(x)
+        x = self.final_norm(x)
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, weight.to(x.dtype))
         cap = self.config.logit_softcap

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,29 +12,30 @@ from torch import nn
 class CastedLinear(nn.Linear):
     """nn.Linear whose fp32 weight is cast to the activation dtype at matmul time (bf16 autocast keeps fp32 masters).
 
-    Late QAT: ``qat_mix`` is a 0-d tensor (0 off, 1 on) rather than a Python flag, so switching fake-quantization on
-    mid-run changes no compiled graph. ``qat_bits`` is fixed at construction time by the QAT callback."""
+    ``weight_transform`` (set by the LateQAT callback) maps the weight before use, e.g. to its fake-quantized value
+    with a straight-through gradient."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, zero_init: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.zero_init = zero_init
-        self.qat_bits = 0
-        self.qat_mix: torch.Tensor | None = None
+        self.weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         if zero_init:
             nn.init.zeros_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if self.qat_mix is not None:
-            from golf.quant.qat import fake_quant_weight
-
-            w = fake_quant_weight(w, self.qat_bits, self.qat_mix)
+        w = self.weight if self.weight_transform is None else self.weight_transform(self.weight)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, w.to(x.dtype), bias)
 
 
 def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
+class RMSNorm(nn.Module):
+    """Parameter-free RMSNorm as a module, so that calibration hooks can see its output (the tied head's input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
 
 
 class Rotary(nn.Module):

@@ -1,0 +1,70 @@
+"""Late quantization-aware training: fake-quantize every large Linear (attention, MLP, SSM in_proj/out_proj) with a
+straight-through estimator once the LR multiplier falls below a threshold (records: 0.15)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from golf.modules.layers import CastedLinear
+from golf.quant import QuantScheme
+from golf.quant.qat import fake_quant_for
+
+
+def _transform(scheme: QuantScheme, name: str, mix: torch.Tensor, groups: list[tuple[str, int, int]] | None):
+    """The weight as the exporter will store it (per row-group piece for split params), gated by ``mix``."""
+    if not groups:
+        return lambda w: fake_quant_for(w, name, scheme, mix)
+
+    def per_piece(w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fake_quant_for(w[a:b], f"{name}::{g}", scheme, mix) for g, a, b in groups], dim=0)
+
+    return per_piece
+
+
+class LateQAT(Callback):
+    def __init__(self, lr_scale_threshold: float = 0.15, scheme: QuantScheme | None = None) -> None:
+        """
+        Args:
+            lr_scale_threshold: Switch fake-quantization on at the first step whose LR multiplier is below this.
+            scheme: The quantization to mirror; default the Finalize callback's scheme (so QAT trains for the grid the
+                artifact will use).
+        """
+        self.lr_scale_threshold = lr_scale_threshold
+        self.scheme = scheme
+        self.mix: torch.Tensor | None = None
+        self.enabled_at_step: int | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from golf.callbacks.finalize import Finalize
+
+        scheme = self.scheme
+        if scheme is None:
+            scheme = next((c.quant for c in trainer.callbacks if isinstance(c, Finalize)), QuantScheme(method="int6"))
+        # A 0-d tensor rather than a flag: flipping it changes a value, never the compiled graph.
+        self.mix = torch.full((), 1.0 if self.enabled_at_step is not None else 0.0, device=pl_module.device)
+        groups = pl_module.model.row_groups()
+        for name, module in pl_module.model.named_modules():
+            if isinstance(module, CastedLinear) and module.weight.numel() > scheme.passthrough_max_numel:
+                pname = f"{name}.weight"
+                module.weight_transform = _transform(scheme, pname, self.mix, groups.get(pname))
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        if self.enabled_at_step is None and pl_module.lr_scale < self.lr_scale_threshold:
+            self.mix.fill_(1.0)
+            self.enabled_at_step = trainer.global_step
+            rank_zero_info(f"golf: late QAT on at step {trainer.global_step} (lr scale {pl_module.lr_scale:.3f})")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for module in pl_module.model.modules():
+            if isinstance(module, CastedLinear):
+                module.weight_transform = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"enabled_at_step": self.enabled_at_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.enabled_at_step = state_dict.get("enabled_at_step")
