@@ -164,6 +164,9 @@ class Finalize(Callback):
                 "train_seconds": elapsed,
                 "tokens_per_second": tokens_seen / elapsed if elapsed else None,
                 "stop_reason": budget.stop_reason if budget else None,
+                "late_qat_from_step": next(
+                    (c.enabled_at_step for c in trainer.callbacks if type(c).__name__ == "LateQAT"), None
+                ),
                 "calibration": self.calibration,
                 "calibration_seconds": calib_seconds,
                 "world_size": trainer.world_size,

@@ -3,6 +3,7 @@ straight-through estimator once the LR multiplier falls below a threshold (recor
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -11,18 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from golf.modules.layers import CastedLinear
 from golf.quant import QuantScheme
-from golf.quant.qat import fake_quant_for
-
-
-def _transform(scheme: QuantScheme, name: str, mix: torch.Tensor, groups: list[tuple[str, int, int]] | None):
-    """The weight as the exporter will store it (per row-group piece for split params), gated by ``mix``."""
-    if not groups:
-        return lambda w: fake_quant_for(w, name, scheme, mix)
-
-    def per_piece(w: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fake_quant_for(w[a:b], f"{name}::{g}", scheme, mix) for g, a, b in groups], dim=0)
-
-    return per_piece
+from golf.quant.qat import fake_quant_param
 
 
 class LateQAT(Callback):
@@ -50,7 +40,9 @@ class LateQAT(Callback):
         for name, module in pl_module.model.named_modules():
             if isinstance(module, CastedLinear) and module.weight.numel() > scheme.passthrough_max_numel:
                 pname = f"{name}.weight"
-                module.weight_transform = _transform(scheme, pname, self.mix, groups.get(pname))
+                module.weight_transform = partial(
+                    fake_quant_param, name=pname, scheme=scheme, mix=self.mix, groups=groups.get(pname)
+                )
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         if self.enabled_at_step is None and pl_module.lr_scale < self.lr_scale_threshold:

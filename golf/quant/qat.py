@@ -1,0 +1,107 @@
+"""Fake quantization with a straight-through estimator, for quantization-aware training inside a Linear forward.
+
+``fake_quant_weight(w, bits, mix)`` returns ``Ŵ`` (the weight the exporter will store, dequantized) when
+``mix == 1`` and ``w`` when ``mix == 0``, with gradient exactly identity with respect to ``w`` in both cases::
+
+    out = (w − sg(w)) + lerp(sg(w), sg(Ŵ), mix)        # sg = stop-gradient (detach)
+
+``w − sg(w)`` is exactly 0 in value and carries the identity gradient; ``torch.lerp`` returns its end point exactly
+at weight 1 and its start point exactly at weight 0, so the forward is bit-exact in both modes. ``mix`` is a 0-d
+float tensor (a buffer), so turning QAT on mid-run changes a value, not the compiled graph. The fp16 rounding of
+the scales is done in fp32 arithmetic (:func:`golf.quant.intn.round_to_fp16`), so the result is the same eager and
+under ``torch.compile`` (Inductor would otherwise drop a plain fp32→fp16→fp32 cast).
+
+Use :func:`fake_quant_for` to mirror exactly what ``quantize_state_dict`` will do to a given parameter under a
+:class:`golf.quant.QuantScheme` (bits, protection, clip rule, per-role SDClip k).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from golf.quant.int8 import INT8_CLIP_Q
+from golf.quant.intn import (
+    DEFAULT_PERCENTILE,
+    DEFAULT_SDCLIP_K,
+    MAX_FP16,
+    MIN_SCALE,
+    clip_values,
+    levels,
+    round_to_fp16,
+    row_quantile,
+)
+
+
+@torch.no_grad()
+def _dequantized(w: Tensor, bits: int, clip: str, sdclip_k: float, percentile: float) -> Tensor:
+    """``q * s`` exactly as the exporter computes it; fp16 scale rounding via :func:`round_to_fp16` (compile-safe)."""
+    w32 = w.detach().float()
+    if clip == "int8_baseline":  # the baseline's per-row int8: fp32 scale to round, fp16 scale to restore
+        if bits != 8:
+            raise ValueError("clip='int8_baseline' is only defined for 8 bits")
+        c = row_quantile(w32.abs(), INT8_CLIP_Q)
+        s = (c / 127.0).clamp_min(1.0 / 127.0)
+        q = torch.clamp(torch.round(torch.clamp(w32, -c[:, None], c[:, None]) / s[:, None]), -127, 127)
+        return q * round_to_fp16(s)[:, None]
+    lv = levels(bits)
+    c = clip_values(w32, clip, sdclip_k=sdclip_k, percentile=percentile)
+    s = round_to_fp16((c / lv).clamp(MIN_SCALE, MAX_FP16))[:, None]
+    return torch.round(w32 / s).clamp(-lv, lv) * s
+
+
+def fake_quant_weight(
+    w: Tensor,
+    bits: int,
+    mix: Tensor | float,
+    *,
+    clip: str = "percentile",
+    sdclip_k: float = DEFAULT_SDCLIP_K,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> Tensor:
+    """Per-row int-N fake quantization of a 2-D weight with a straight-through gradient.
+
+    Args:
+        w: ``[out, in]`` weight (any float dtype; the result has ``w``'s dtype).
+        bits: 2..8.
+        mix: 0-d float tensor (or float) in {0., 1.}: 0 returns ``w``, 1 the quantized-dequantized weight.
+        clip: ``percentile`` | ``sdclip`` | ``absmax`` (as :func:`golf.quant.intn.row_scales`) or
+            ``int8_baseline`` (the challenge baseline's int8 rule).
+    """
+    if w.ndim != 2:
+        raise ValueError(f"fake_quant_weight expects a 2-D weight, got shape {tuple(w.shape)}")
+    wd = w.detach()
+    deq = _dequantized(wd, bits, clip, sdclip_k, percentile).to(w.dtype)
+    if not isinstance(mix, Tensor):
+        mix = torch.tensor(float(mix))
+    mix = mix.to(device=w.device, dtype=w.dtype)
+    return (w - wd) + torch.lerp(wd, deq, mix)
+
+
+def fake_quant_for(w: Tensor, name: str, scheme, mix: Tensor | float) -> Tensor:
+    """Fake-quantize parameter ``name`` the way ``quantize_state_dict(…, scheme)`` stores it (round-to-nearest).
+
+    Tensors the scheme keeps as floats come back unchanged. For ``method="gptq"`` this mirrors the grid and scales
+    but not GPTQ's error feedback. A parameter split into row groups should call this once per piece (name
+    ``param::group``) on the corresponding rows.
+    """
+    rule = scheme.rule_for(name, w.numel(), w.is_floating_point())
+    if rule.kind != "int" or w.ndim != 2:
+        return w
+    return fake_quant_weight(
+        w, rule.bits, mix, clip=rule.clip, sdclip_k=rule.sdclip_k, percentile=rule.percentile
+    )
+
+
+def fake_quant_param(
+    w: Tensor, name: str, scheme, mix: Tensor | float, groups: list[tuple[str, int, int]] | None = None
+) -> Tensor:
+    """:func:`fake_quant_for` with the exporter's row-group decision: a parameter listed in the row-group map is
+    split into ``param::group`` pieces only when the whole parameter is quantized (not a small/float tensor), exactly
+    as ``quantize_state_dict(…, row_groups=…)`` does; each piece then follows its own rule (protection etc.)."""
+    rule = scheme.rule_for(name, w.numel(), w.is_floating_point())
+    if rule.kind != "int" or w.ndim != 2:
+        return w
+    if not groups:
+        return fake_quant_for(w, name, scheme, mix)
+    return torch.cat([fake_quant_for(w[a:b], f"{name}::{g}", scheme, mix) for g, a, b in groups], dim=0)

@@ -1,0 +1,144 @@
+"""End-to-end CLI runs on a tiny corpus: fit -> artifact -> report, validate (checkpoint and artifact), config errors,
+constraint plug-ins, and the 2-process (gloo) checks of the budget and of distributed equivalence."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_golf
+from golf.cli import main
+
+
+def tiny_config(tmp_path: Path, data_dir: Path, **over) -> Path:
+    cfg = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "val_check_interval": 2,
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "run"),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "run"), "name": "t"}},
+            "callbacks": [
+                {"class_path": "golf.callbacks.Finalize", "init_args": {"quant": {"method": "int8"}, "compressor": "zlib"}},
+                {"class_path": "golf.callbacks.ArtifactSizeCap", "init_args": {"cap_bytes": 16_000_000}},
+                {"class_path": "golf.callbacks.LateQAT", "init_args": {"lr_scale_threshold": 0.6}},
+            ],
+        },
+        "model": {
+            "backbone": {"model_dim": 32, "layers": "SA", "num_heads": 2, "num_kv_heads": 1,
+                         "ssm": {"d_state": 16, "headdim": 16, "chunk_size": 16}},
+            "schedule": {"warmdown_fraction": 0.5},
+        },
+        "data": {"data_dir": str(data_dir), "vocab_size": 512, "seq_len": 64, "train_batch_tokens": 512,
+                 "micro_batch_tokens": 256, "val_batch_tokens": 4096, "val_max_tokens": 8192},
+    }
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def only_version_dir(tmp_path: Path) -> Path:
+    (version,) = sorted((tmp_path / "run" / "t").glob("version_*"))
+    return version
+
+
+def test_fit_writes_artifact_and_report_then_validate_agrees(tmp_path, tiny_data, capsys):
+    cfg = tiny_config(tmp_path, tiny_data)
+    assert main(["fit", "--config", str(cfg)]) == 0
+    run = only_version_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["steps"] == 4 and report["passed"] is True
+    assert report["training"]["tokens_seen"] == 4 * 512
+    assert report["training"]["late_qat_from_step"] == 3  # warm-down over the last 2 of 4 steps: scale 0.5 at step 3
+    assert math.isfinite(report["post_quant"]["val_bpb"]) and report["post_quant"]["tokens"] == 8192
+    art = report["artifact"]
+    assert art["total_bytes"] == art["model_bytes"] + art["code_bytes_compressed"] and art["fits"]
+    assert Path(art["path"]).stat().st_size == art["model_bytes"]
+    roles = {r["role"] for r in report["compressibility"]["by_role"]}
+    assert {"embedding", "attn_qkv", "mlp", "ssm_dynamics"} <= roles and any(r.startswith("ssm_in_proj") for r in roles)
+    out = capsys.readouterr().err + capsys.readouterr().out
+
+    capsys.readouterr()
+    assert main(["validate", "--artifact", art["path"], "--config", str(cfg), "--report", str(tmp_path / "v.json")]) == 0
+    again = json.loads((tmp_path / "v.json").read_text())
+    assert again["val_bpb"] == report["post_quant"]["val_bpb"]  # same code path, same bytes on disk
+
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt)]) == 0
+    del out
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, tiny_data, capsys):
+    cfg = tiny_config(tmp_path, tiny_data)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(cfg), "--model.backbone.modle_dim", "64"])
+    assert exit_.value.code == 2
+    assert "modle_dim" in capsys.readouterr().err
+
+
+def test_over_the_cap_exits_3_with_the_breakdown(tmp_path, tiny_data, capsys):
+    cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 1, "trainer.val_check_interval": 1})
+    code = main(["fit", "--config", str(cfg), "--trainer.callbacks+=golf.callbacks.ArtifactSizeCap",
+                 "--trainer.callbacks.cap_bytes=1000"])
+    err = capsys.readouterr().err
+    assert code == 3 and "ArtifactSizeCap" in err and "> cap 1,000" in err
+    report = json.loads((only_version_dir(tmp_path) / "report.json").read_text())
+    assert report["passed"] is False
+
+
+def test_constraint_plugins_load_from_yaml_and_fire(tmp_path, tiny_data, capsys):
+    cfg = tiny_config(tmp_path, tiny_data)
+    code = main(["fit", "--config", str(cfg), "--trainer.callbacks+=plugins.MaxLayers", "--trainer.callbacks.max_layers=1"])
+    assert code == 3 and "MaxLayers failed before training: 2 layers > max_layers 1" in capsys.readouterr().err
+    code = main(["fit", "--config", str(cfg), "--trainer.max_steps=1", "--trainer.callbacks+=plugins.MinValTokens",
+                 "--trainer.callbacks.min_tokens=100000"])
+    assert code == 3 and "MinValTokens: scored 8192 val tokens < 100000" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_on_the_same_step_when_one_is_slow(tmp_path, tiny_data):
+    cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 1000, "trainer.val_check_interval": 1000})
+    r = run_golf(["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp",
+                  "--trainer.callbacks+=golf.callbacks.WallClockBudget", "--trainer.callbacks.budget_seconds=6",
+                  "--trainer.callbacks+=plugins.SlowRank", f"--trainer.callbacks.out_dir={tmp_path}"],
+                 cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = {json.loads(p.read_text())["step"] for p in tmp_path.glob("stop_rank*.json")}
+    assert len(list(tmp_path.glob("stop_rank*.json"))) == 2 and len(steps) == 1
+    assert 0 < steps.pop() < 1000
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_bpb_as_one_for_the_same_global_batch(tmp_path, tiny_data):
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        out.mkdir()
+        cfg = tiny_config(out, tiny_data, **{"trainer.max_steps": 3, "trainer.val_check_interval": 3})
+        r = run_golf(["fit", "--config", str(cfg), f"--trainer.devices={devices}", "--trainer.strategy=ddp"],
+                     cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")})
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[devices] = json.loads((only_version_dir(out) / "report.json").read_text())
+    one, two = results[1], results[2]
+    assert one["training"]["tokens_seen"] == two["training"]["tokens_seen"]
+    # Same data, same init; only the float summation order of gradients differs (all-reduce vs accumulation).
+    assert two["pre_quant"]["val_bpb"] == pytest.approx(one["pre_quant"]["val_bpb"], rel=1e-4)
+    assert two["post_quant"]["tokens"] == one["post_quant"]["tokens"]
