@@ -45,10 +45,13 @@ class LateQAT(Callback):
                 )
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        if self.enabled_at_step is None and pl_module.lr_scale < self.lr_scale_threshold:
+        if self.enabled_at_step is not None:
+            return
+        scale = pl_module.compute_lr_scale()  # the multiplier this step will use (same on every rank)
+        if scale < self.lr_scale_threshold:
             self.mix.fill_(1.0)
             self.enabled_at_step = trainer.global_step
-            rank_zero_info(f"golf: late QAT on at step {trainer.global_step} (lr scale {pl_module.lr_scale:.3f})")
+            rank_zero_info(f"golf: late QAT on at step {trainer.global_step} (lr scale {scale:.3f})")
 
     def on_train_end(self, trainer, pl_module) -> None:
         for module in pl_module.model.modules():
