@@ -76,20 +76,20 @@ class Finalize(Callback):
         self.compressibility_report = compressibility_report
         self.report: dict[str, Any] | None = None
 
-    def run_dir(self, trainer) -> Path:
-        if self.output_dir:
-            path = Path(self.output_dir)
-        else:
-            path = Path(trainer.log_dir or trainer.default_root_dir)
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Resolved once on every rank (trainer.log_dir is a collective) and checked before training, not after it.
+        self.out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             try:
-                path.mkdir(parents=True, exist_ok=True)
-                probe = path / ".golf_write_probe"
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.out_dir / ".golf_write_probe"
                 probe.write_bytes(b"")
                 probe.unlink()
             except OSError as e:
-                raise GolfError(f"{path}: output directory is not writable ({e.strerror}); set Finalize.output_dir or trainer.logger.save_dir") from None
-        return path
+                raise GolfError(
+                    f"{self.out_dir}: output directory is not writable ({e.strerror}); "
+                    f"set Finalize.output_dir or trainer.logger.save_dir to a writable folder"
+                ) from None
 
     # -- calibration -----------------------------------------------------------------------------------------------
     def collect_hessians(self, trainer, pl_module) -> tuple[dict[str, torch.Tensor] | None, float]:
@@ -122,7 +122,7 @@ class Finalize(Callback):
         t_start = time.perf_counter()
         dm = trainer.datamodule
         model, device = pl_module.model, pl_module.device
-        out_dir = self.run_dir(trainer)
+        out_dir = self.out_dir
         artifact_path = out_dir / self.artifact_name
         budget = find_budget(trainer)
 
@@ -206,7 +206,7 @@ class Finalize(Callback):
         if report is not None:
             report["constraints"] = results
             report["passed"] = not failed
-            path = self.run_dir(trainer) / "report.json"
+            path = self.out_dir / "report.json"
             path.write_text(json.dumps(report, indent=2, default=str) + "\n")
             rank_zero_info(format_report(report, path))
         if failed:
