@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -125,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-docs", type=int, default=None, help="documents held out as val (default: 10%%)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="reuse an existing SentencePiece .model")
     parser.add_argument("--shard-tokens", type=int, default=10**8)
-    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="where --corpus large keeps downloads")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path.home() / ".cache" / "golf" / "debian-docs",
+        help="where --corpus large keeps its downloads (about 375 MB)",
+    )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="golf: %(message)s")
 
     sources = None
     if args.input:
