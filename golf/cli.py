@@ -6,6 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from golf.errors import GolfError
 
@@ -38,7 +42,9 @@ def _lightning_cli(args: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from_command_line = argv is None
+    # golf passes argv to LightningCLI itself (after adding defaults); the library's own noise is not the user's.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -59,12 +65,28 @@ def main(argv: list[str] | None = None) -> int:
             from golf.validate_artifact import main as validate_artifact
 
             return validate_artifact(argv[1:])
-        _lightning_cli(None if from_command_line else argv)
+        if argv[0] in ("fit", "validate", "test", "predict") and not any(a.startswith("--weights_only") for a in argv):
+            # Checkpoints are read with torch.load(weights_only=True): no code runs from a checkpoint file.
+            argv.append("--weights_only=true")
+        _lightning_cli(argv)
         return 0
     except GolfError as e:
         logging.getLogger("golf").debug("golf error", exc_info=True)
         print(f"golf: error: {e}", file=sys.stderr)
         return e.exit_code
+    except MisconfigurationException as e:
+        # e.g. devices or an accelerator that this machine does not have
+        first = " ".join(str(e).split())
+        print(f"golf: error: trainer: {first} (set --trainer.accelerator / --trainer.devices to what this machine has)",
+              file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"golf: error: {e}; check the path", file=sys.stderr)
+        return 2
+    except SIGTERMException:
+        print("golf: terminated (SIGTERM); a resumable checkpoint was saved if SaveOnInterrupt is configured",
+              file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

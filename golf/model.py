@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from golf.callbacks.budget import find_budget
+from golf.errors import GolfError
 from golf.evaluate import score_windows
 from golf.metrics import BitsPerByte
 from golf.modules.backbone import Backbone
@@ -247,6 +248,19 @@ class GolfLM(pl.LightningModule):
         self.last_loss = loss
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("lr_scale", self.lr_scale, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.max_bad_steps <= 0 or self.last_loss is None:
+            return
+        # Agreed by every rank (any rank non-finite), so all of them raise on the same step.
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(self.last_loss)), all=False)
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= self.max_bad_steps:
+            raise GolfError(
+                f"training loss was NaN/Inf for {self.bad_steps} consecutive steps (up to step "
+                f"{self.trainer.global_step}); their updates were skipped and earlier checkpoints are kept; lower "
+                f"model.optimizer learning rates or set model.optimizer.grad_clip_norm, then resume with --ckpt_path"
+            )
 
     # -- validation ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

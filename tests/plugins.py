@@ -47,3 +47,41 @@ class SlowRank(Callback):
     def on_train_end(self, trainer, pl_module):
         path = Path(self.out_dir) / f"stop_rank{trainer.global_rank}.json"
         path.write_text(json.dumps({"step": trainer.global_step, "pid": os.getpid()}))
+
+
+class PoisonWeights(Callback):
+    """Writes NaN into the embedding at ``step`` (a stand-in for a diverging run)."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                pl_module.model.tok_emb.weight.fill_(float("nan"))
+
+
+class SignalSelf(Callback):
+    """Sends ``signal_name`` to this process after optimizer step ``step`` (Ctrl-C, SIGTERM or kill -9 mid-run)."""
+
+    def __init__(self, step: int = 2, signal_name: str = "SIGTERM") -> None:
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class RaiseOnRank(Callback):
+    """Raises on one rank at ``step``, to check that the other ranks exit too instead of hanging."""
+
+    def __init__(self, rank: int = 1, step: int = 2) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            raise RuntimeError(f"planted failure on rank {self.rank}")

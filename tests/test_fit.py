@@ -8,56 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
-
-from conftest import REPO, run_golf
+from conftest import REPO, only_version_dir, run_golf, tiny_config
 from golf.cli import main
-
-
-def tiny_config(tmp_path: Path, data_dir: Path, **over) -> Path:
-    cfg = {
-        "seed_everything": 7,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 4,
-            "val_check_interval": 2,
-            "check_val_every_n_epoch": None,
-            "num_sanity_val_steps": 0,
-            "log_every_n_steps": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(tmp_path / "run"),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "run"), "name": "t"}},
-            "callbacks": [
-                {"class_path": "golf.callbacks.Finalize", "init_args": {"quant": {"method": "int8"}, "compressor": "zlib"}},
-                {"class_path": "golf.callbacks.ArtifactSizeCap", "init_args": {"cap_bytes": 16_000_000}},
-                {"class_path": "golf.callbacks.LateQAT", "init_args": {"lr_scale_threshold": 0.6}},
-            ],
-        },
-        "model": {
-            "backbone": {"model_dim": 32, "layers": "SA", "num_heads": 2, "num_kv_heads": 1,
-                         "ssm": {"d_state": 16, "headdim": 16, "chunk_size": 16}},
-            "schedule": {"warmdown_fraction": 0.5},
-        },
-        "data": {"data_dir": str(data_dir), "vocab_size": 512, "seq_len": 64, "train_batch_tokens": 512,
-                 "micro_batch_tokens": 256, "val_batch_tokens": 4096, "val_max_tokens": 8192},
-    }
-    for key, value in over.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def only_version_dir(tmp_path: Path) -> Path:
-    (version,) = sorted((tmp_path / "run" / "t").glob("version_*"))
-    return version
 
 
 def test_fit_writes_artifact_and_report_then_validate_agrees(tmp_path, tiny_data, capsys):

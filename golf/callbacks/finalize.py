@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from golf.callbacks.budget import find_budget
 from golf.callbacks.constraints import cap_of, find_constraints
 from golf.errors import ConstraintViolation, GolfError
-from golf.evaluate import autocast_for, evaluate_bpb
+from golf.eval import EvalConfig, TTTConfig, evaluate
+from golf.evaluate import autocast_for
 from golf.export import export_backbone, load_backbone
 from golf.quant import HessianCollector, QuantScheme
 
@@ -45,6 +47,7 @@ class Finalize(Callback):
         artifact_name: str = "model.golf",
         output_dir: str | None = None,
         compressibility_report: bool = True,
+        eval: EvalConfig = EvalConfig(),  # noqa: A002,B008  (the YAML key; never mutated)
     ) -> None:
         """
         Args:
@@ -60,6 +63,9 @@ class Finalize(Callback):
             artifact_name: File name of the artifact in the run directory.
             output_dir: Where artifact and report.json go (default: the logger's run directory).
             compressibility_report: Add the per-tensor/per-role compressed-bytes table (and a PNG) to the report.
+            eval: How the artifact is scored (mode windows | sliding | doc_isolated | stateful, stride, overlap,
+                batch_tokens, score-first TTT, time budget; docs/eval.md). The pre-quantization score uses the same
+                mode without TTT, so quant_gap_bpb measures quantization alone.
         """
         if calibration not in ("none", "train", "self_generated"):
             raise GolfError(f"Finalize.calibration={calibration!r}: use none, train or self_generated")
@@ -74,6 +80,8 @@ class Finalize(Callback):
         self.artifact_name = artifact_name
         self.output_dir = output_dir
         self.compressibility_report = compressibility_report
+        eval.check()
+        self.eval = eval
         self.report: dict[str, Any] | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -126,8 +134,9 @@ class Finalize(Callback):
         artifact_path = out_dir / self.artifact_name
         budget = find_budget(trainer)
 
-        rank_zero_info("golf: scoring the trained model (pre-quantization) on the full val split")
-        pre = evaluate_bpb(model, dm.val_dataloader(), dm.byte_luts, device)
+        val, pre_cfg = dm.load_val(), replace(self.eval, ttt=TTTConfig())
+        rank_zero_info(f"golf: scoring the trained model (pre-quantization, {self.eval.mode}) on the full val split")
+        pre = evaluate(model, val, dm.seq_len, dm.byte_luts, device, pre_cfg, batch_tokens=dm.val_batch_tokens)
         hessians, calib_seconds = self.collect_hessians(trainer, pl_module)
         info = qs = None
         if trainer.is_global_zero:
@@ -142,7 +151,8 @@ class Finalize(Callback):
         _barrier()
         # Every rank reads the artifact back from disk and scores it: this number is the score.
         roundtrip, header = load_backbone(artifact_path, device)
-        post = evaluate_bpb(roundtrip, dm.val_dataloader(), dm.byte_luts, device)
+        rank_zero_info(f"golf: scoring the artifact ({self.eval.mode}, ttt {self.eval.ttt.kind}) on the full val split")
+        post = evaluate(roundtrip, val, dm.seq_len, dm.byte_luts, device, self.eval, batch_tokens=dm.val_batch_tokens)
         if not trainer.is_global_zero:
             self._check_constraints(trainer, None)
             return
@@ -156,6 +166,7 @@ class Finalize(Callback):
             "quant_gap_bpb": post.val_bpb - pre.val_bpb,
             "artifact": {**vars(info), "code_sha256": header["metadata"].get("code_sha256")},
             "quant": self.quant.to_dict(),
+            "eval": asdict(self.eval),
             "training": {
                 "steps": steps,
                 "tokens_seen": tokens_seen,
@@ -223,7 +234,9 @@ def format_report(report: dict[str, Any], path: os.PathLike | str) -> str:
         + (f", {tr['train_seconds']:.1f}s, {tr['tokens_per_second']:,.0f} tok/s" if tr["train_seconds"] else ""),
         f"  pre-quant    val_loss {pre['val_loss']:.4f}  val_bpb {pre['val_bpb']:.4f}",
         f"  post-quant   val_loss {post['val_loss']:.4f}  val_bpb {post['val_bpb']:.8f}  (from {art['path']}, "
-        f"{post['tokens']:,} tokens, {post['seconds']:.1f}s)",
+        f"{post['tokens']:,} tokens, {post['seconds']:.1f}s, eval {post.get('mode', 'windows')}"
+        + (f" + ttt {post['ttt']} {post['ttt_steps']} steps {post['ttt_seconds']:.1f}s" if post.get("ttt", "none") != "none" else "")
+        + ")",
         f"  quant gap    {report['quant_gap_bpb']:+.4f} bpb",
         f"  bytes        model {art['model_bytes']:,} + code {art['code_bytes_compressed']:,} "
         f"(raw {art['code_bytes_raw']:,}) = {art['total_bytes']:,} / cap {art['cap']:,} "

@@ -1,0 +1,233 @@
+"""The GLA core as ``torch.library`` custom ops (``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``) and the public
+Mamba-3 SISO entry point :func:`mamba3_siso`.
+
+The ops run the Triton kernels of ``triton_chunk.py`` on CUDA tensors and fall back to the chunked PyTorch reference
+on any other device, so the op, its fake (meta) functions and ``torch.compile(fullgraph=True)`` can be exercised on
+CPU. Each op is opaque to Dynamo/Inductor: no graph break, one graph, and the elementwise prologue/epilogue around
+it (bias, rotation, angle cumsum, trapezoid weights, diagonal correction, D, z gate) is plain PyTorch that Inductor
+fuses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from golf.kernels.ssm_scan.reference import (
+    Mamba3State,
+    gla_chunked_reference,
+    gla_chunked_reference_bwd,
+    mamba3_final_state,
+    mamba3_siso_chunked,
+    mamba3_siso_epilogue,
+    mamba3_siso_prologue,
+    mamba3_siso_recurrent,
+)
+
+__all__ = ["gla_chunk", "mamba3_siso"]
+
+BACKENDS = ("auto", "triton", "reference", "recurrent")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom ops: forward, backward, fake functions, autograd
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("golf::gla_chunk_fwd", mutates_args=())
+def _gla_chunk_fwd(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    if q.is_cuda:
+        from golf.kernels.ssm_scan.triton_chunk import gla_chunk_fwd_triton
+
+        with torch.cuda.device(q.device):
+            return gla_chunk_fwd_triton(q, k, v, log_decay, initial_state, chunk_size)
+    with torch.no_grad():
+        o, ht = gla_chunked_reference(q, k, v, log_decay, initial_state, chunk_size)
+    return o.contiguous(), ht.float().contiguous()
+
+
+@_gla_chunk_fwd.register_fake
+def _(q, k, v, log_decay, initial_state, chunk_size):
+    b, t, h, n = q.shape
+    return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32)
+
+
+@torch.library.custom_op("golf::gla_chunk_bwd", mutates_args=())
+def _gla_chunk_bwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    initial_state: Tensor | None,
+    do: Tensor,
+    dfinal_state: Tensor | None,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if q.is_cuda:
+        from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton
+
+        with torch.cuda.device(q.device):
+            return gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
+    with torch.no_grad():
+        dq, dk, dv, dg, dh0 = gla_chunked_reference_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dg.float().contiguous(), dh0.float().contiguous()
+
+
+@_gla_chunk_bwd.register_fake
+def _(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size):
+    b, t, h, n = q.shape
+    p = v.shape[-1]
+    return (
+        torch.empty_like(q),
+        torch.empty_like(k),
+        torch.empty_like(v),
+        log_decay.new_empty(log_decay.shape, dtype=torch.float32),
+        q.new_empty((b, h, p, n), dtype=torch.float32),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, log_decay, initial_state, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, log_decay, initial_state)
+    ctx.chunk_size = chunk_size
+    ctx.has_initial_state = initial_state is not None
+    ctx.log_decay_dtype = log_decay.dtype
+
+
+def _backward(ctx, do: Tensor, dfinal_state: Tensor | None):
+    q, k, v, log_decay, initial_state = ctx.saved_tensors
+    dq, dk, dv, dg, dh0 = _gla_chunk_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, ctx.chunk_size)
+    return dq, dk, dv, dg.to(ctx.log_decay_dtype), (dh0 if ctx.has_initial_state else None), None
+
+
+_gla_chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gla_chunk(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Chunked gated linear attention with a scalar log-decay (the ``golf::gla_chunk_fwd`` op, differentiable).
+
+    ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, ``G = cumsum(log_decay)`` over T.
+
+    Args:
+        q, k: ``[B, T, H, N]``; v: ``[B, T, H, P]`` (q, k, v in one dtype: bf16/fp16/fp32 on CUDA).
+        log_decay: ``[B, T, H]`` fp32, <= 0. initial_state: ``[B, H, P, N]`` fp32 or None.
+        chunk_size: 16/32/64/128 on CUDA (any on CPU).
+    Returns:
+        o ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
+    """
+    return _gla_chunk_fwd(q, k, v, log_decay, initial_state, chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public op
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _validate(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, initial_state, backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"mamba3_siso: backend must be one of {BACKENDS}, got {backend!r}")
+    if v.dim() != 4 or q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(
+            f"mamba3_siso: q, k must be (B, T, G, N) and v (B, T, H, P); got {q.shape}, {k.shape}, {v.shape}"
+        )
+    b, t, h, p = v.shape
+    g, n = q.shape[2], q.shape[3]
+    if q.shape[:2] != (b, t) or g not in (1, h):
+        raise ValueError(f"mamba3_siso: q/k must be (B={b}, T={t}, G in (1, {h}), N); got {tuple(q.shape)}")
+    if t < 1:
+        raise ValueError("mamba3_siso: needs at least one step")
+    for name, x in (("adt", adt), ("dt", dt), ("trap", trap)):
+        if x.shape != (b, t, h):
+            raise ValueError(f"mamba3_siso: {name} must be (B, T, H) = {(b, t, h)}, got {tuple(x.shape)}")
+    r = angles.shape[-1]
+    if angles.shape[:3] != (b, t, h) or 2 * r > n:
+        raise ValueError(
+            f"mamba3_siso: angles must be (B, T, H, R) with R <= N/2 = {n // 2}, got {tuple(angles.shape)}"
+        )
+    if q_bias.shape != (h, n) or k_bias.shape != (h, n):
+        raise ValueError(f"mamba3_siso: q_bias/k_bias must be (H, N) = {(h, n)}")
+    if D is not None and D.shape != (h,):
+        raise ValueError(f"mamba3_siso: D must be (H,) = ({h},), got {tuple(D.shape)}")
+    if z is not None and z.shape != v.shape:
+        raise ValueError(f"mamba3_siso: z must have v's shape {tuple(v.shape)}, got {tuple(z.shape)}")
+    if initial_state is not None:
+        want = {"angle": (b, h, r), "ssm": (b, h, p, n), "k": (b, h, n), "v": (b, h, p)}
+        for name, shape in want.items():
+            got = tuple(getattr(initial_state, name).shape)
+            if got != shape:
+                raise ValueError(f"mamba3_siso: initial_state.{name} must be {shape}, got {got}")
+
+
+def mamba3_siso(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    adt: Tensor,
+    dt: Tensor,
+    trap: Tensor,
+    q_bias: Tensor,
+    k_bias: Tensor,
+    angles: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    initial_state: Mamba3State | None = None,
+    chunk_size: int = 64,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Mamba3State]:
+    r"""Mamba-3 SISO scan (trapezoidal discretisation, data-dependent rotation, D skip, SiLU gate).
+
+    Per head: ``S_t = alpha_t S_{t-1} + beta_t v_{t-1} k~_{t-1}^T + gamma_t v_t k~_t^T``,
+    ``y_t = (S_t q~_t + D v_t) * z_t sigmoid(z_t)``, with ``alpha_t = exp(adt_t)``,
+    ``beta_t = (1 - trap_t) dt_t alpha_t``, ``gamma_t = trap_t dt_t`` and q~, k~ the biased q, k rotated in adjacent
+    pairs by ``theta_t = theta_{t-1} + dt_t angles_t`` (full definition: ``reference.py``). Decays, cumsums and states
+    are fp32; q, k, v, z may be bf16 (CUDA) or fp32.
+
+    Args:
+        q, k: ``[B, T, G, N]``, G == 1 (shared by all heads) or G == H; already normalised (no bias).
+        v: ``[B, T, H, P]``. z: ``[B, T, H, P]`` or None (no gate).
+        adt: ``[B, T, H]`` fp32, ``Delta * A <= 0``. dt: ``[B, T, H]`` fp32, ``Delta > 0``.
+        trap: ``[B, T, H]`` fp32, ``lambda`` in (0, 1). angles: ``[B, T, H, R]``, R <= N / 2, rotation rates.
+        q_bias, k_bias: ``[H, N]``. D: ``[H]`` or None.
+        initial_state: a :class:`Mamba3State` from an earlier call, or None (zeros).
+        chunk_size: chunk length of the chunked algorithms (16/32/64/128 for Triton).
+        return_final_state: also return the :class:`Mamba3State` after the last step.
+        backend: ``"triton"``: the ``golf::gla_chunk_*`` custom ops (Triton kernels on CUDA; on other devices the
+            ops fall back to the chunked reference, so this path compiles and runs on CPU too); ``"reference"``: the
+            chunked pure-PyTorch form (differentiable, Inductor-compilable); ``"recurrent"``: the step-by-step
+            definition (slow); ``"auto"``: ``"triton"`` on CUDA tensors, ``"reference"`` otherwise.
+    Returns:
+        y ``[B, T, H, P]`` in v's dtype, or ``(y, final_state)`` with ``return_final_state``.
+
+    Example::
+
+        >>> import torch
+        >>> B, T, H, N, P, R = 1, 10, 2, 16, 16, 4
+        >>> q, k = torch.randn(B, T, 1, N), torch.randn(B, T, 1, N)
+        >>> v, z = torch.randn(B, T, H, P), torch.randn(B, T, H, P)
+        >>> dt = torch.rand(B, T, H) * 0.1
+        >>> y, state = mamba3_siso(q, k, v, -dt, dt, torch.rand(B, T, H), torch.ones(H, N), torch.ones(H, N),
+        ...                        torch.randn(B, T, H, R), D=torch.ones(H), z=z, return_final_state=True)
+        >>> y.shape, state.ssm.shape
+        (torch.Size([1, 10, 2, 16]), torch.Size([1, 2, 16, 16]))
+    """
+    _validate(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, initial_state, backend)
+    if backend == "auto":
+        backend = "triton" if v.is_cuda else "reference"
+    if backend == "recurrent":
+        y, state = mamba3_siso_recurrent(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, initial_state)
+    elif backend == "reference":
+        y, state = mamba3_siso_chunked(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, initial_state, chunk_size)
+    else:
+        pro = mamba3_siso_prologue(q, k, v, adt, dt, trap, q_bias, k_bias, angles, initial_state)
+        # the kernels take q, k, v in one dtype (v's): bf16 operands for bf16 models, fp32 stays fp32
+        kd = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else pro.q.dtype
+        o, ssm = gla_chunk(pro.q.to(kd), pro.k.to(kd), v.to(kd), pro.log_decay.float(),
+                           None if pro.initial_state is None else pro.initial_state.float(), chunk_size)  # fmt: skip
+        y = mamba3_siso_epilogue(o, v, pro, D, z)
+        state = mamba3_final_state(pro, ssm.to(pro.q.dtype), v) if return_final_state else None
+    return (y, state) if return_final_state else y

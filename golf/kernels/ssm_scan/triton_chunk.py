@@ -1,0 +1,340 @@
+"""Triton forward and backward of the chunked GLA core (scalar log-decay per step and head).
+
+Computes ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t`` and the final state (see
+``reference.py`` for the math and :func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` for the
+PyTorch twin). Four kernels, fla-style (one sequential pass over chunks per (b, h) for the states, the rest
+parallel over chunks):
+
+forward
+  1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
+  2. ``_fwd_output``: intra-chunk attention + output from the chunk's state; grid (NT, B*H).
+backward (the chunk states are recomputed by kernel 1, not saved)
+  3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
+  4. ``_bwd_dqkvg``: dq, dk, dv and the log-decay gradient of one chunk; grid (NT, B*H).
+
+Layouts: q, k ``[B, T, H, N]``, v, o ``[B, T, H, P]`` (contiguous), log-decay ``[B, T, H]`` fp32, states
+``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32; ``tl.dot`` takes bf16
+operands for bf16 inputs and fp32 operands (tf32 unless ``torch.get_float32_matmul_precision() == "highest"``)
+for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["gla_chunk_bwd_triton", "gla_chunk_fwd_triton"]
+
+SUPPORTED_DIMS = (16, 32, 64, 128)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_states(
+    k, v, g, h0, hs, ht,
+    T, NT,
+    H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    HAS_H0: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh64 = i_bh.to(tl.int64)
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, N)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    k += i_b * T * H * N + i_h * N
+    v += i_b * T * H * P + i_h * P
+    g += i_b * T * H + i_h
+    state_offs = offs_v[:, None] * N + offs_n[None, :]  # (BV, N) tile of a (P, N) state
+    if HAS_H0:
+        b_h = tl.load(h0 + i_bh64 * P * N + state_offs).to(tl.float32)
+    else:
+        b_h = tl.zeros([BV, N], dtype=tl.float32)
+    for i_t in range(NT):
+        tl.store(hs + (i_bh64 * NT + i_t) * P * N + state_offs, b_h.to(hs.dtype.element_ty))
+        rows = i_t * BT + offs_t
+        m_t = rows < T
+        b_g = tl.load(g + rows * H, mask=m_t, other=0.0)
+        b_gc = tl.cumsum(b_g, axis=0)
+        b_gl = tl.sum(b_g, axis=0)
+        b_k = tl.load(k + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
+        b_v = tl.load(v + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
+        b_vw = (b_v * tl.exp(b_gl - b_gc)[:, None]).to(b_k.dtype)
+        b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_vw), b_k, input_precision=DOT_PREC)
+    tl.store(ht + i_bh64 * P * N + state_offs, b_h)
+
+
+@triton.jit
+def _fwd_output(
+    q, k, v, g, hs, o,
+    T, NT,
+    H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh64 = i_bh.to(tl.int64)
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, N)
+    offs_p = tl.arange(0, P)
+    rows = i_t * BT + offs_t
+    m_t = rows < T
+    qk_offs = i_b * T * H * N + i_h * N + rows[:, None] * (H * N) + offs_n[None, :]
+    vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
+    b_v = tl.load(v + vo_offs, mask=m_t[:, None], other=0.0)
+    b_g = tl.load(g + i_b * T * H + i_h + rows * H, mask=m_t, other=0.0)
+    b_gc = tl.cumsum(b_g, axis=0)
+    b_h = tl.load(hs + (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :])  # (P, N)
+    # inter-chunk: exp(gc_t) h q_t
+    b_o = tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
+    # intra-chunk: causal, decayed q k^T
+    causal = offs_t[:, None] >= offs_t[None, :]
+    b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+    b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
+    b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+    tl.store(o + vo_offs, b_o.to(o.dtype.element_ty), mask=m_t[:, None])
+
+
+@triton.jit
+def _bwd_states(
+    q, do, g, dht, dhs, dh0,
+    T, NT,
+    H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh64 = i_bh.to(tl.int64)
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, N)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    q += i_b * T * H * N + i_h * N
+    do += i_b * T * H * P + i_h * P
+    g += i_b * T * H + i_h
+    state_offs = offs_v[:, None] * N + offs_n[None, :]
+    if HAS_DHT:
+        b_dh = tl.load(dht + i_bh64 * P * N + state_offs).to(tl.float32)
+    else:
+        b_dh = tl.zeros([BV, N], dtype=tl.float32)
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        # gradient of the state after chunk i_t
+        tl.store(dhs + (i_bh64 * NT + i_t) * P * N + state_offs, b_dh.to(dhs.dtype.element_ty))
+        rows = i_t * BT + offs_t
+        m_t = rows < T
+        b_g = tl.load(g + rows * H, mask=m_t, other=0.0)
+        b_gc = tl.cumsum(b_g, axis=0)
+        b_gl = tl.sum(b_g, axis=0)
+        b_q = tl.load(q + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
+        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
+        b_dow = (b_do * tl.exp(b_gc)[:, None]).to(b_q.dtype)
+        b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_dow), b_q, input_precision=DOT_PREC)
+    tl.store(dh0 + i_bh64 * P * N + state_offs, b_dh)
+
+
+@triton.jit
+def _bwd_dqkvg(
+    q, k, v, g, hs, dhs, do, dq, dk, dv, dg,
+    T, NT,
+    H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_bh64 = i_bh.to(tl.int64)
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, N)
+    offs_p = tl.arange(0, P)
+    rows = i_t * BT + offs_t
+    m_t = rows < T
+    qk_offs = i_b * T * H * N + i_h * N + rows[:, None] * (H * N) + offs_n[None, :]
+    vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    g_offs = i_b * T * H + i_h + rows * H
+    state_offs = (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
+    b_v = tl.load(v + vo_offs, mask=m_t[:, None], other=0.0)
+    b_do = tl.load(do + vo_offs, mask=m_t[:, None], other=0.0)
+    b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
+    b_gc = tl.cumsum(b_g, axis=0)
+    b_gl = tl.sum(b_g, axis=0)
+    b_h = tl.load(hs + state_offs)  # (P, N) state before the chunk
+    b_dh = tl.load(dhs + state_offs)  # (P, N) gradient of the state after the chunk
+
+    causal = offs_t[:, None] >= offs_t[None, :]
+    b_decay = tl.where(causal, tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
+    b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_decay  # A[t, s]
+    b_da = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC) * b_decay  # dA[t, s]
+    b_kdec = tl.exp(b_gl - b_gc)  # decay from step s to the end of the chunk
+
+    b_dq = tl.dot(b_da.to(b_k.dtype), b_k, input_precision=DOT_PREC)
+    b_dq += tl.dot(b_do, b_h.to(b_do.dtype), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
+    b_dk_state = tl.dot(b_v, b_dh.to(b_v.dtype), input_precision=DOT_PREC) * b_kdec[:, None]
+    b_dk = tl.dot(tl.trans(b_da).to(b_q.dtype), b_q, input_precision=DOT_PREC) + b_dk_state
+    b_dv = tl.dot(tl.trans(b_a).to(b_do.dtype), b_do, input_precision=DOT_PREC)
+    b_dv += tl.dot(b_k, tl.trans(b_dh).to(b_k.dtype), input_precision=DOT_PREC) * b_kdec[:, None]
+
+    # log-decay: d gc_r = q_r . dq_r - k_r . dk_r (+ <dh_end, h_end> on the last step), reverse cumsum in the chunk;
+    # <dh_end, h_end> = exp(gl) <dh_end, h> + sum_s k_s . dk_state_s
+    b_qf = b_q.to(tl.float32)
+    b_kf = b_k.to(tl.float32)
+    b_dgc = tl.sum(b_qf * b_dq, axis=1) - tl.sum(b_kf * b_dk, axis=1)
+    b_last = tl.exp(b_gl) * tl.sum(tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1), axis=0)
+    b_last += tl.sum(tl.sum(b_kf * b_dk_state, axis=1), axis=0)
+    b_dg = tl.cumsum(b_dgc, axis=0, reverse=True) + b_last
+
+    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dv + vo_offs, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dg + g_offs, b_dg, mask=m_t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _interpreter_compat() -> None:
+    """Let runtime loop bounds (``range(NT)``) run under ``TRITON_INTERPRET=1`` with NumPy 2.
+
+    Triton 3.6's interpreter turns a scalar (stored as a 1-element array) into a Python int with ``int(array)``,
+    which NumPy 2 rejects for arrays of ndim 1. Only patched in interpreter mode, once, at the first launch.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_golf_index_compat", False) or not hasattr(interpreter, "_patch_lang_tensor"):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._golf_index_compat = True
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int) -> None:
+    b, t, h, n = q.shape
+    p = v.shape[-1]
+    if k.shape != q.shape or v.shape[:3] != (b, t, h) or g.shape != (b, t, h):
+        raise ValueError(f"shape mismatch: q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)} g {tuple(g.shape)}")
+    if n not in SUPPORTED_DIMS or p not in SUPPORTED_DIMS:
+        raise ValueError(f"Triton GLA supports d_state and headdim in {SUPPORTED_DIMS}, got N={n}, P={p}")
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"Triton GLA supports chunk_size in (16, 32, 64, 128), got {chunk_size}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype of bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+# Launch parameters per kernel (hand-picked on H100 for N = P = 64, chunk 64; see benchmarks/ssm_kernel.py).
+# "bv": P-tile of the sequential state kernels (more programs for the serial chunk loop).
+LAUNCH_CONFIG: dict[str, dict[str, int]] = {
+    "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
+    "fwd_output": {"num_warps": 4, "num_stages": 1},
+    "bwd_states": {"bv": 32, "num_warps": 4, "num_stages": 2},
+    "bwd_dqkvg": {"num_warps": 4, "num_stages": 2},
+}
+
+
+def _config(kernel: str, p: int) -> dict[str, int]:
+    cfg = dict(LAUNCH_CONFIG[kernel])
+    if "bv" in cfg:
+        cfg["bv"] = min(cfg["bv"], p)
+    return cfg
+
+
+def _launch_fwd_states(k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, bt: int) -> tuple[Tensor, Tensor]:
+    b, t, h, n = k.shape
+    p = v.shape[-1]
+    nt = triton.cdiv(t, bt)
+    cfg = _config("fwd_states", p)
+    hs = k.new_empty(b, h, nt, p, n)
+    ht = k.new_empty(b, h, p, n, dtype=torch.float32)
+    _fwd_states[(p // cfg["bv"], b * h)](
+        k, v, g, h0 if h0 is not None else ht, hs, ht, t, nt,
+        H=h, N=n, P=p, BT=bt, BV=cfg["bv"], HAS_H0=h0 is not None, DOT_PREC=_dot_precision(k.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return hs, ht
+
+
+def gla_chunk_fwd_triton(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Forward of the GLA core. Returns (o ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32)."""
+    _check(q, k, v, g, chunk_size)
+    _interpreter_compat()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = g.float().contiguous()
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    b, t, h, n = q.shape
+    p = v.shape[-1]
+    hs, ht = _launch_fwd_states(k, v, g, h0, chunk_size)
+    nt = hs.shape[2]
+    o = torch.empty_like(v)
+    cfg = _config("fwd_output", p)
+    _fwd_output[(nt, b * h)](
+        q, k, v, g, hs, o, t, nt,
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return o, ht
+
+
+def gla_chunk_bwd_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    initial_state: Tensor | None,
+    do: Tensor,
+    dfinal_state: Tensor | None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of the GLA core. Returns (dq, dk, dv in the input dtype, dlog_decay fp32, dinitial_state fp32)."""
+    _check(q, k, v, g, chunk_size)
+    _interpreter_compat()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    do = do.to(v.dtype).contiguous()
+    g = g.float().contiguous()
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    dht = dfinal_state.float().contiguous() if dfinal_state is not None else None
+    b, t, h, n = q.shape
+    p = v.shape[-1]
+    prec = _dot_precision(q.dtype)
+    hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)
+    nt = hs.shape[2]
+    cfg = _config("bwd_states", p)
+    dhs = torch.empty_like(hs)
+    dh0 = q.new_empty(b, h, p, n, dtype=torch.float32)
+    _bwd_states[(p // cfg["bv"], b * h)](
+        q, do, g, dht if dht is not None else dh0, dhs, dh0, t, nt,
+        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, DOT_PREC=prec,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dg = torch.empty_like(g)
+    cfg = _config("bwd_dqkvg", p)
+    _bwd_dqkvg[(nt, b * h)](
+        q, k, v, g, hs, dhs, do, dq, dk, dv, dg, t, nt,
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return dq, dk, dv, dg, dh0
