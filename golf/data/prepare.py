@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ def documents_sha256(texts: list[str]) -> str:
 def encode_documents(sp, texts: list[str]) -> np.ndarray:
     """Each document becomes ``[BOS] + tokens`` (no EOS), concatenated in order, as the challenge exports do."""
     pieces = []
-    for ids in sp.encode(texts, num_threads=2):
+    for ids in sp.encode(texts, num_threads=os.cpu_count() or 1):
         pieces.append(np.asarray([BOS_ID] + ids, dtype=np.uint16))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
