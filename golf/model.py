@@ -241,10 +241,9 @@ class GolfLM(pl.LightningModule):
         return strategy.block_backward_sync() if hasattr(strategy, "block_backward_sync") else nullcontext()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        opt = self.optimizers()
         self.lr_scale = self.compute_lr_scale()
-        # Lightning's LightningOptimizer.step counts global_step; the closure-free call keeps one step per batch.
-        loss = self._step(batch, _CountingProxy(opt))
+        # One LightningOptimizer.step() per batch: Lightning counts it as one global step.
+        loss = self._step(batch, self.optimizers())
         self.last_loss = loss
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("lr_scale", self.lr_scale, on_step=True, on_epoch=False)
@@ -265,31 +264,13 @@ class GolfLM(pl.LightningModule):
     # -- validation ------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()
+        self._val_luts = self.trainer.datamodule.byte_luts.to(self.device)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        luts = self.trainer.datamodule.byte_luts.to(self.device)
-        self.val_metric.update(*score_windows(self._eval_forward, batch, luts))
+        self.val_metric.update(*score_windows(self._eval_forward, batch, self._val_luts))
 
     def on_validation_epoch_end(self) -> None:
         out = self.val_metric.compute()
         self.log("val_loss", out["val_loss"].float(), prog_bar=True, sync_dist=False)
         self.log("val_bpb", out["val_bpb"].float(), prog_bar=True, sync_dist=False)
         self.last_val = {k: float(v) for k, v in out.items()}
-
-
-class _CountingProxy:
-    """Presents Lightning's LightningOptimizer (which advances global_step on step()) with the param_groups of the
-    wrapped optimizer, so _step can set LRs and then step it once."""
-
-    def __init__(self, lightning_optimizer) -> None:
-        self._opt = lightning_optimizer
-
-    @property
-    def param_groups(self):
-        return self._opt.optimizer.param_groups
-
-    def step(self) -> None:
-        self._opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._opt.zero_grad(set_to_none=set_to_none)
