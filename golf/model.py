@@ -106,8 +106,7 @@ class GolfLM(pl.LightningModule):
         self.lr_scale = 1.0
         self.bad_steps = 0
         self.last_loss: torch.Tensor | None = None
-        self._train_loss = self.model.loss
-        self._eval_forward = self.model
+        self._compiled: dict[str, object] = {}  # compiled callables, kept out of the module tree and checkpoints
 
     # -- parameters and optimizer ----------------------------------------------------------------------------------
     def num_parameters(self) -> int:
@@ -158,9 +157,15 @@ class GolfLM(pl.LightningModule):
 
     # -- compile and warm-up ---------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.compile and self._train_loss is self.model.loss:
-            self._train_loss = torch.compile(self.model.loss, fullgraph=True, dynamic=False)
-            self._eval_forward = torch.compile(self.model, fullgraph=True, dynamic=False)
+        if self.compile and not self._compiled:
+            self._compiled["loss"] = torch.compile(self.model.loss, fullgraph=True, dynamic=False)
+            self._compiled["forward"] = torch.compile(self.model, fullgraph=True, dynamic=False)
+
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._compiled.get("loss", self.model.loss)(x, y)
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compiled.get("forward", self.model)(x)
 
     def on_train_start(self) -> None:
         rank_zero_info(f"golf: {self.num_parameters():,} parameters, layers {self.backbone_config.layers}")
@@ -174,10 +179,12 @@ class GolfLM(pl.LightningModule):
         opt = self.optimizers()
         opt_state = copy.deepcopy(opt.optimizer.state_dict())
         windows = self.trainer.datamodule.train_dataloader().dataset
-        for step in range(steps):
-            batch = windows.batch(step).to(self.device, non_blocking=True)
-            with self.no_grad_sync():
-                self._step(batch, opt.optimizer, sync_grads=False)
+        # The precision context of a real training_step (bf16 autocast), so warm-up compiles the graphs the run uses.
+        with self.trainer.precision_plugin.train_step_context():
+            for step in range(steps):
+                batch = windows.batch(step).to(self.device, non_blocking=True)
+                with self.no_grad_sync():
+                    self._step(batch, opt.optimizer, sync_grads=False)
         self.model.load_state_dict(model_state)
         opt.optimizer.load_state_dict(opt_state)
         if self.device.type == "cuda":
