@@ -64,11 +64,7 @@ class WallClockBudget(Callback):
         self._resume()  # first call is after compile warm-up (on_train_start), so warm-up is not counted
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._pause()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.training:
-            self._resume()
+        self._pause()  # resumed by the next on_train_batch_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         self.steps_timed += 1
