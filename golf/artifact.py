@@ -72,6 +72,11 @@ def code_bytes(package_root: str | os.PathLike | None = None) -> CodeSize:
     ``lzma.compress(blob, preset=9 | PRESET_EXTREME)`` (xz container), because the records ship their code as an
     LZMA-compressed self-extracting script. ``sha256`` is the hash of the raw blob (the artifact's ``code_sha256``).
 
+    Like the challenge's ``train_gpt.py``, which both trains and scores, the counted code is everything that trains,
+    quantizes, loads and evaluates a model. Left out are the tools that do none of that (``NOT_SHIPPED``): corpus
+    building and data preparation (the challenge ships data separately and does not count its prep scripts), the
+    study driver and the compressibility-report printer.
+
     This is an estimate of the shipped size, not a packager: a real self-extracting ``train_gpt.py`` also carries
     its few-line loader and, if it embeds the stream as base85 text, 25% encoding overhead.
     """
@@ -80,7 +85,8 @@ def code_bytes(package_root: str | os.PathLike | None = None) -> CodeSize:
         raise GolfError(f"code_bytes: {root} is not a directory; pass the golf package directory")
     files = sorted(
         (p for p in root.rglob("*.py") if not any(part.startswith(".") or part == "__pycache__"
-                                                   for part in p.relative_to(root).parts)),
+                                                   for part in p.relative_to(root).parts)
+         and p.relative_to(root).as_posix() not in NOT_SHIPPED),
         key=lambda p: p.relative_to(root.parent).as_posix(),
     )
     parts: list[bytes] = []
@@ -98,6 +104,8 @@ def code_bytes(package_root: str | os.PathLike | None = None) -> CodeSize:
 
 
 _LZMA_SIZE_CACHE: dict[str, int] = {}  # sha256 of the code blob -> compressed size
+#: Package files (relative to the package) that neither train, quantize, load nor evaluate a model.
+NOT_SHIPPED = frozenset({"data/corpora.py", "data/prepare.py", "study.py", "report_compress.py"})
 
 
 # -----------------------------------------------------------------------------
