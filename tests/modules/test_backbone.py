@@ -80,3 +80,12 @@ def test_forward_shapes_and_state_carry_equals_one_pass():
     a, states = model(idx[:, :13], return_states=True)
     b, _ = model(idx[:, 13:], states=states, return_states=True)
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_baseline_int8_payload_is_the_challenge_baseline_s():
+    """parameter-golf.md §3.5: the baseline's int8 payload before zlib is 17,178,912 bytes."""
+    from golf.export import quantize_backbone
+    from golf.quant import QuantScheme
+
+    qs = quantize_backbone(Backbone(BackboneConfig(), vocab_size=1024), QuantScheme(method="int8"))
+    assert qs.payload_bytes == 17_178_912
