@@ -46,7 +46,7 @@ def _load_yaml(config_path: str) -> dict:
 
 
 def _eval_section(config_path: str) -> dict:
-    """The ``eval`` init_args of the fit YAML's Finalize callback, as ``eval.KEY`` defaults (``eval.ttt.KEY`` nested)."""
+    """The ``eval`` init_args of the fit YAML's Finalize callback as ``eval.KEY`` / ``eval.ttt.KEY`` defaults."""
     callbacks = ((_load_yaml(config_path).get("trainer") or {}).get("callbacks")) or []
     for cb in callbacks if isinstance(callbacks, list) else []:
         if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("Finalize"):
@@ -89,7 +89,8 @@ def main(argv: list[str]) -> int:
         raise GolfError(f"{args.artifact}: model vocab {model.vocab_size} != data.vocab_size {dm.vocab_size}; set --data.vocab_size {model.vocab_size}")
     ev = args.eval.as_dict()
     eval_cfg = EvalConfig(**{k: v for k, v in ev.items() if k != "ttt"}, ttt=TTTConfig(**ev["ttt"]))
-    result = evaluate(model, dm.load_val(), dm.seq_len, dm.byte_luts, device, eval_cfg, batch_tokens=dm.val_batch_tokens)
+    result = evaluate(model, dm.load_val(), dm.seq_len, dm.byte_luts, device, eval_cfg,
+                      batch_tokens=dm.val_batch_tokens)
     model_bytes = Path(args.artifact).stat().st_size
     code = code_bytes()
     total = model_bytes + code.compressed

@@ -85,6 +85,8 @@ class Finalize(Callback):
         self.report: dict[str, Any] | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if getattr(trainer, "datamodule", None) is not None and hasattr(trainer.datamodule, "seq_len"):
+            self.eval.check(trainer.datamodule.seq_len)  # a bad stride / lora chunk fails before training, not after
         # Resolved once on every rank (trainer.log_dir is a collective) and checked before training, not after it.
         self.out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
@@ -235,7 +237,8 @@ def format_report(report: dict[str, Any], path: os.PathLike | str) -> str:
         f"  pre-quant    val_loss {pre['val_loss']:.4f}  val_bpb {pre['val_bpb']:.4f}",
         f"  post-quant   val_loss {post['val_loss']:.4f}  val_bpb {post['val_bpb']:.8f}  (from {art['path']}, "
         f"{post['tokens']:,} tokens, {post['seconds']:.1f}s, eval {post.get('mode', 'windows')}"
-        + (f" + ttt {post['ttt']} {post['ttt_steps']} steps {post['ttt_seconds']:.1f}s" if post.get("ttt", "none") != "none" else "")
+        + (f" + ttt {post['ttt']} {post['ttt_steps']} steps {post['ttt_seconds']:.1f}s"
+           if post.get("ttt", "none") != "none" else "")
         + ")",
         f"  quant gap    {report['quant_gap_bpb']:+.4f} bpb",
         f"  bytes        model {art['model_bytes']:,} + code {art['code_bytes_compressed']:,} "

@@ -104,8 +104,11 @@ class EvalConfig:
         if self.ttt.kind == "lora":
             if self.mode != "doc_isolated":
                 raise GolfError(
-                    f"eval.ttt.kind=lora adapts one LoRA per document and needs eval.mode=doc_isolated (got {self.mode}); "
+                    f"eval.ttt.kind=lora adapts one LoRA per document and needs eval.mode=doc_isolated "
+                    f"(got {self.mode}); "
                     f"use eval.ttt.kind=chunk for {self.mode}"
                 )
             if seq_len is not None and self.ttt.chunk_tokens > seq_len:
-                raise GolfError(f"eval.ttt.chunk_tokens={self.ttt.chunk_tokens} must be <= data.seq_len={seq_len} for kind=lora")
+                raise GolfError(
+                    f"eval.ttt.chunk_tokens={self.ttt.chunk_tokens} must be <= data.seq_len={seq_len} for kind=lora"
+                )

@@ -408,7 +408,9 @@ def evaluate(
     cfg.check(seq_len)
     device = torch.device(device)
     if cfg.ttt.kind != "none" and torch.is_inference_mode_enabled():
-        raise GolfError("eval.ttt needs autograd: call golf.eval.evaluate under torch.no_grad at most, not inference_mode")
+        raise GolfError(
+            "eval.ttt needs autograd: call golf.eval.evaluate under torch.no_grad at most, not inference_mode"
+        )
     tokens = np.asarray(tokens)
     if len(tokens) < seq_len + 1:
         raise GolfError(f"val split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")

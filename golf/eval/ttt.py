@@ -113,7 +113,9 @@ class BatchedLoRA:
     def __init__(self, model: nn.Module, cfg: TTTConfig, device: torch.device) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         names = set(cfg.lora_targets)
-        self.modules = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in names]
+        self.modules = [
+            (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in names
+        ]
         if not self.modules:
             raise GolfError(
                 f"eval.ttt.lora_targets={cfg.lora_targets} match no Linear module; names are the last component, "
