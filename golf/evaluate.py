@@ -1,5 +1,6 @@
 """Scoring: per-batch loss/token/byte sums and the full-split BPB loop shared by validation, finalization and
-`golf validate`. Non-overlapping windows here; the other legal modes (sliding, doc-isolated, stateful, score-first TTT) live in golf.eval."""
+`golf validate`. Non-overlapping windows here; the other legal modes (sliding, doc-isolated, stateful, score-first
+TTT) live in golf.eval."""
 
 from __future__ import annotations
 
