@@ -1,7 +1,12 @@
 """Training-step throughput on one GPU, all rows in one run on the same shards (issue: training throughput).
 
     python benchmarks/train_step.py --configs baseline_sp1024 hybrid_sp1024 hybrid_sp8192 \
-        --data-sp1024 data/large_sp1024 --data-sp8192 data/large_sp8192 --peers .peers --steps 12
+        --data-sp1024 data/large_sp1024 --data-sp8192 data/large_sp8192 --peers .peers --steps 12 --gpus 0 1 2
+
+With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
+(golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
+--devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
+torch.profiler summary of one bare-loop step (top GPU kernels and their share of GPU time).
 
 Rows per config, at the config's global batch (524,288 tokens at seq 1024 for the baseline, 1,048,576 at seq 4096
 for the hybrids) on one GPU, grad accumulation 8 as in the challenge:
@@ -40,8 +45,12 @@ sys.path.insert(0, str(REPO))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def peak_flops() -> float:
-    name = torch.cuda.get_device_name()
+    name = device_name()
     return next((v for k, v in PEAK_BF16.items() if k in name), float("nan"))
 
 
@@ -64,6 +73,15 @@ def flops_per_token(model, seq_len: int) -> float:
     return flops
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_mem_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+
+
 def build(config: str, data_dir: str, extra: list[str]):
     from lightning.pytorch.cli import LightningCLI
 
@@ -75,7 +93,8 @@ def build(config: str, data_dir: str, extra: list[str]):
             parser.link_arguments("data.vocab_size", "model.vocab_size")
             parser.link_arguments("data.seq_len", "model.seq_len")
 
-    args = ["--config", str(REPO / "configs" / f"{config}.yaml"), f"--data.data_dir={data_dir}", *extra]
+    path = Path(config) if config.endswith(".yaml") else REPO / "configs" / f"{config}.yaml"
+    args = ["--config", str(path), f"--data.data_dir={data_dir}", *extra]
     return Parse(GolfLM, GolfData, run=False, args=args, save_config_callback=None)
 
 
@@ -89,19 +108,19 @@ class StepTimer:
 
     def step_done(self, step: int) -> None:
         if step == self.warmup:
-            torch.cuda.synchronize()
+            sync()
             self.t0 = time.perf_counter()
             self.compile_s = self.t0 - self.t_start
         elif step > self.warmup:
             self.n += 1
 
     def finish(self) -> float:
-        torch.cuda.synchronize()
+        sync()
         self.t1 = time.perf_counter()
         return (self.t1 - self.t0) / max(self.n, 1)
 
 
-def row_golf(config: str, data_dir: str, steps: int, warmup: int) -> dict:
+def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     t_start = time.perf_counter()
@@ -115,20 +134,22 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int) -> dict:
 
     cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={warmup + steps}",
                                    "--trainer.val_check_interval=100000", "--trainer.logger=false",
-                                   "--trainer.enable_checkpointing=false"])
+                                   "--trainer.enable_checkpointing=false",
+                                   *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
     trainer = cli.trainer
     # Keep the budget clock (its per-step all-reduce is part of what users pay); drop finalization for timing.
     from golf.callbacks import Finalize
 
     trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, Finalize)] + [Timing()]
-    torch.cuda.reset_peak_memory_stats()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.fit(cli.model, cli.datamodule)
-    ms = timer.ms
-    return dict(ms_per_step=ms, compile_warmup_s=timer.compile_s, peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9,
-                model=cli.model, tokens_per_step=cli.datamodule.train_batch_tokens, seq_len=cli.datamodule.seq_len)
+    return dict(ms_per_step=timer.ms, compile_warmup_s=timer.compile_s, peak_mem_gb=peak_mem_gb(), devices=devices,
+                rank=trainer.global_rank, model=cli.model, tokens_per_step=cli.datamodule.train_batch_tokens,
+                seq_len=cli.datamodule.seq_len)
 
 
-def row_bare(config: str, data_dir: str, steps: int, warmup: int) -> dict:
+def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool = False) -> dict:
     """The same model, optimizer, compiled loss and batches, in a plain loop."""
     from golf.data.datamodule import TrainWindows
 
@@ -136,26 +157,56 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int) -> dict:
     cli = build(config, data_dir, [])
     lm, dm = cli.model, cli.datamodule
     dm.setup("fit")
-    device = torch.device("cuda")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device)
     model = lm.model
     opt = lm.configure_optimizers()
-    loss_fn = torch.compile(model.loss, fullgraph=True, dynamic=False)
+    loss_fn = torch.compile(model.loss, fullgraph=True, dynamic=False) if lm.compile else model.loss
+    autocast = "bf16" in str(cli.trainer.precision)  # as the golf row's precision plugin does
     windows = TrainWindows(dm.load_train(), dm.layout(1), rank=0)
     timer = StepTimer(warmup, t_start)
-    torch.cuda.reset_peak_memory_stats()
-    for step in range(1, warmup + steps + 1):
-        batch = windows.batch(step).pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def train_step(step: int) -> None:
+        batch = windows.batch(step)
+        batch = (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
         for micro in batch:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = loss_fn(micro[:, :-1], micro[:, 1:])
             (loss / batch.size(0)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    for step in range(1, warmup + steps + 1):
+        train_step(step)
         timer.step_done(step)
     ms = timer.finish() * 1e3
-    return dict(ms_per_step=ms, compile_warmup_s=timer.compile_s, peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9,
-                model=lm, tokens_per_step=dm.train_batch_tokens, seq_len=dm.seq_len)
+    row = dict(ms_per_step=ms, compile_warmup_s=timer.compile_s, peak_mem_gb=peak_mem_gb(), model=lm,
+               tokens_per_step=dm.train_batch_tokens, seq_len=dm.seq_len)
+    if profile:
+        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1))
+    return row
+
+
+def profile_step(step, top: int = 15) -> dict:
+    """One step under torch.profiler: the top GPU kernels (CPU ops on a CPU-only run) by self time, with shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync()
+    events = prof.key_averages()
+    on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    if on_gpu:
+        timed = [(e.key, e.self_device_time_total, e.count) for e in on_gpu]
+    else:
+        timed = [(e.key, e.self_cpu_time_total, e.count) for e in events]
+    total = sum(t for _, t, _ in timed) or 1.0
+    timed.sort(key=lambda r: -r[1])
+    return dict(clock="gpu kernels" if on_gpu else "cpu ops", total_ms=total / 1e3,
+                top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
 
 
 def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int) -> dict:
@@ -190,19 +241,7 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
                 wall_s=time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["baseline_sp1024", "hybrid_sp1024", "hybrid_sp8192"])
-    ap.add_argument("--rows", nargs="+", default=["golf", "bare", "peer"])
-    ap.add_argument("--data-sp1024", default="data/large_sp1024")
-    ap.add_argument("--data-sp8192", default="data/large_sp8192")
-    ap.add_argument("--peers", type=Path, default=REPO / ".peers")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")
-    args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def run_rows(args) -> list[dict]:
     peak = peak_flops()
     rows = []
     for config in args.configs:
@@ -213,9 +252,9 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 if kind == "golf":
-                    r = row_golf(config, data_dir, args.steps, args.warmup)
+                    r = row_golf(config, data_dir, args.steps, args.warmup, args.devices)
                 elif kind == "bare":
-                    r = row_bare(config, data_dir, args.steps, args.warmup)
+                    r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
                 else:
                     r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab)
             except Exception as e:  # a failed row is reported, the others still run
@@ -226,21 +265,54 @@ def main() -> None:
                 tokens_per_step = r["tokens_per_step"]
             r.pop("seq_len", None)
             r.pop("tokens_per_step", None)
-            row = dict(config=config, row=kind, row_seconds=time.perf_counter() - t0, **r)
+            row = dict(config=config, row=kind, device=device_name(), row_seconds=time.perf_counter() - t0, **r)
             if "ms_per_step" in r and fpt:
                 tps = tokens_per_step / (r["ms_per_step"] / 1e3)
-                row.update(tokens_per_s=tps, mfu=tps * fpt / peak, flops_per_token=fpt)
+                row.update(tokens_per_s=tps, tokens_per_s_per_gpu=tps / r.get("devices", 1),
+                           mfu=tps * fpt / (peak * r.get("devices", 1)), flops_per_token=fpt)
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            torch.cuda.empty_cache()
+            print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return rows
+
+
+def run_concurrently(args) -> list[dict]:
+    """One process per config, each on its own GPU (CUDA_VISIBLE_DEVICES), all at once; their rows merged."""
+    if len(args.gpus) < len(args.configs):
+        raise SystemExit(f"--gpus names {len(args.gpus)} GPUs for {len(args.configs)} configs: give one per config")
+    procs = []
+    for config, gpu in zip(args.configs, args.gpus):
+        out = args.out.with_name(f"{args.out.stem}.{Path(config).stem}.json")
+        cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
+               "--peers", str(args.peers), "--out", str(out), *(["--profile"] if args.profile else [])]
+        log = open(out.with_suffix(".log"), "w")
+        procs.append((out, log, subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)),
+                                                  stdout=log, stderr=subprocess.STDOUT)))
+    rows = []
+    for out, log, proc in procs:
+        proc.wait()
+        log.close()
+        if out.is_file():
+            rows += json.loads(out.read_text())["rows"]
+        else:
+            rows.append(dict(config=out.stem, row="all", error=f"exit {proc.returncode}, see {out.with_suffix('.log')}"))
+    return rows
+
+
+def compare(rows: list[dict], configs: list[str]) -> None:
     by = {(r["config"], r["row"]): r for r in rows}
-    for config in args.configs:
+    for config in configs:
         g, b = by.get((config, "golf"), {}), by.get((config, "bare"), {})
         if "ms_per_step" in g and "ms_per_step" in b:
             g["lightning_overhead_pct"] = 100 * (g["ms_per_step"] / b["ms_per_step"] - 1)
         p = by.get((config, "peer"), {})
         if "ms_per_step" in g and "ms_per_step" in p:
             g["speedup_vs_peer"] = p["ms_per_step"] / g["ms_per_step"]
+
+
+def print_table(rows: list[dict]) -> None:
     print(f"\n{'config':<16}{'row':<6}{'ms/step':>9}{'tok/s':>12}{'MFU':>7}{'peak GB':>9}{'compile s':>10}  note")
     for r in rows:
         if "error" in r:
@@ -254,10 +326,42 @@ def main() -> None:
         print(f"{r['config']:<16}{r['row']:<6}{r['ms_per_step']:>9.1f}{r.get('tokens_per_s', 0):>12,.0f}"
               f"{r.get('mfu', float('nan')):>7.1%}{(r.get('peak_mem_gb') or float('nan')):>9.1f}"
               f"{(r.get('compile_warmup_s') or float('nan')):>10.1f}  {note}")
-    out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=datetime.now(timezone.utc).isoformat(),
+    for r in rows:
+        if "profile" in r:
+            prof = r["profile"]
+            print(f"\nprofile, one bare-loop step of {r['config']}: {prof['total_ms']:.1f} ms of {prof['clock']}")
+            for k in prof["top"]:
+                print(f"  {k['share']:>6.1%} {k['ms']:>9.2f} ms {k['calls']:>5}x  {k['name']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["baseline_sp1024", "hybrid_sp1024", "hybrid_sp8192"],
+                    help="names under configs/ or paths to .yaml files")
+    ap.add_argument("--rows", nargs="+", default=["golf", "bare", "peer"], choices=["golf", "bare", "peer"])
+    ap.add_argument("--data-sp1024", default="data/large_sp1024")
+    ap.add_argument("--data-sp8192", default="data/large_sp8192")
+    ap.add_argument("--peers", type=Path, default=REPO / ".peers")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
+    ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one bare-loop step")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")
+    args = ap.parse_args()
+    if args.devices > 1 and args.rows != ["golf"]:
+        raise SystemExit("--devices > 1 times the golf row only: pass --rows golf")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows = run_concurrently(args) if args.gpus else run_rows(args)
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or any(r.get("rank", 0) != 0 for r in rows):
+        return  # a DDP child of the golf row: rank 0 reports
+    compare(rows, args.configs)
+    print_table(rows)
+    out = dict(device=device_name(), torch=torch.__version__, date=datetime.now(timezone.utc).isoformat(),
                commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=REPO).stdout.strip() or os.environ.get("GOLF_COMMIT", "unknown"),
-               steps=args.steps, warmup=args.warmup, rows=rows)
+               steps=args.steps, warmup=args.warmup, concurrent_gpus=args.gpus, rows=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
     if os.environ.get("OUT"):
