@@ -38,7 +38,6 @@ def run_group(jobs: list[tuple[str, int]], gpu_count: int, args, workdir: Path) 
                    "--devices", str(n), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192, "--out", str(out)]
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), MASTER_PORT=str(29500 + gpus[0]))
-            env.pop("OUT", None)  # the per-run JSON stays in workdir; this script writes the combined one
             log = open(out.with_suffix(".log"), "w")
             running.append((config, n, out, log, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
         for config, n, out, log, proc in running:

@@ -209,7 +209,7 @@ def profile_step(step, top: int = 15) -> dict:
                 top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
 
 
-def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int) -> dict:
+def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path) -> dict:
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),
@@ -228,7 +228,7 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900,
                           cwd=str(peers))
     log = proc.stdout + proc.stderr
-    (Path(os.environ.get("OUT", ".")) / f"peer_{config}.log").write_text(log)
+    (log_dir / f"peer_{Path(config).stem}.log").write_text(log)
     # step:N/M ... step_avg:XXms, after the script's own warm-up; use the average over steps > warmup.
     times = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"step:(\d+)/\d+ .*?train_time:([\d.]+)ms", log)]
     if proc.returncode != 0 and not times:
@@ -256,7 +256,7 @@ def run_rows(args) -> list[dict]:
                 elif kind == "bare":
                     r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
                 else:
-                    r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab)
+                    r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab, args.out.parent)
             except Exception as e:  # a failed row is reported, the others still run
                 r = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
             model = r.pop("model", None)
@@ -353,6 +353,7 @@ def main() -> None:
         raise SystemExit("--devices > 1 times the golf row only: pass --rows golf")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = run_concurrently(args) if args.gpus else run_rows(args)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0 or any(r.get("rank", 0) != 0 for r in rows):
         return  # a DDP child of the golf row: rank 0 reports
@@ -364,8 +365,6 @@ def main() -> None:
                steps=args.steps, warmup=args.warmup, concurrent_gpus=args.gpus, rows=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / args.out.name).write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
