@@ -210,6 +210,7 @@ def profile_step(step, top: int = 15) -> dict:
 
 
 def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path) -> dict:
+    peers = peers.resolve()  # the script runs with the peers folder as its working directory
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from golf.modules.layers import CastedLinear
 from golf.quant import QuantScheme
-from golf.quant.qat import fake_quant_param
+from golf.quant.qat import fake_quant_planned, qat_plan
 
 
 class LateQAT(Callback):
@@ -40,9 +40,9 @@ class LateQAT(Callback):
         for name, module in pl_module.model.named_modules():
             if isinstance(module, CastedLinear) and module.weight.numel() > scheme.passthrough_max_numel:
                 pname = f"{name}.weight"
-                module.weight_transform = partial(
-                    fake_quant_param, name=pname, scheme=scheme, mix=self.mix, groups=groups.get(pname)
-                )
+                plan = qat_plan(module.weight, pname, scheme, groups.get(pname))  # resolved here, not in the graph
+                if plan is not None:
+                    module.weight_transform = partial(fake_quant_planned, plan=plan, mix=self.mix)
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         if self.enabled_at_step is not None:

@@ -417,10 +417,6 @@ def evaluate(
     ev = _Eval(model, tokens, seq_len, luts, device, cfg, cfg.batch_tokens or batch_tokens, trace)
     was_training = model.training
     model.eval()
-    if cfg.ttt.kind != "none":  # RoPE tables cached under inference_mode (Lightning validation) would break autograd
-        for m in model.modules():
-            if isinstance(m, Rotary):
-                m._cache.clear()
     steps = chunks = 0
     try:
         if cfg.ttt.kind == "lora":

@@ -39,24 +39,21 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables (half-split convention of the baseline), cached per length and device; no buffers, so DDP has
-    nothing to broadcast and checkpoints hold nothing that can be recomputed."""
+    """RoPE tables (half-split convention of the baseline), computed in each forward: a few tiny kernels that
+    Inductor fuses, and no state. A per-length cache dict made torch.compile guard on its keys and recompile once
+    its first run had filled it; no buffers either, so DDP has nothing to broadcast and checkpoints hold nothing
+    that can be recomputed."""
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
         self.dim = dim
         self.base = base
-        self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (offset + seq_len, str(device))
-        if key not in self._cache:
-            inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
-            t = torch.arange(offset + seq_len, dtype=torch.float32, device=device)
-            freqs = torch.outer(t, inv_freq)
-            self._cache[key] = (freqs.cos()[None, None], freqs.sin()[None, None])
-        cos, sin = self._cache[key]
-        return cos[:, :, offset : offset + seq_len], sin[:, :, offset : offset + seq_len]
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+        t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        return freqs.cos()[None, None], freqs.sin()[None, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

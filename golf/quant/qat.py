@@ -17,6 +17,8 @@ Use :func:`fake_quant_for` to mirror exactly what ``quantize_state_dict`` will d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -93,15 +95,53 @@ def fake_quant_for(w: Tensor, name: str, scheme, mix: Tensor | float) -> Tensor:
     )
 
 
+@dataclass(frozen=True)
+class QATPiece:
+    """Rows ``[start, stop)`` of a weight and their fake-quantization grid (``bits`` None: kept as is)."""
+
+    start: int
+    stop: int
+    bits: int | None
+    clip: str = "percentile"
+    sdclip_k: float = DEFAULT_SDCLIP_K
+    percentile: float = DEFAULT_PERCENTILE
+
+
+def qat_plan(
+    w: Tensor, name: str, scheme, groups: list[tuple[str, int, int]] | None = None
+) -> tuple[QATPiece, ...] | None:
+    """How the exporter stores parameter ``name``, resolved once in eager code: None when it is not quantized, else
+    its row pieces. A parameter in the row-group map is split into ``param::group`` pieces only when the whole
+    parameter is quantized (not a small/float tensor), exactly as ``quantize_state_dict(…, row_groups=…)`` does;
+    each piece then follows its own rule (protection etc.). Resolving here keeps the name matching (fnmatch, which
+    Dynamo cannot trace) out of the compiled forward."""
+    rule = scheme.rule_for(name, w.numel(), w.is_floating_point())
+    if rule.kind != "int" or w.ndim != 2:
+        return None
+    spans = groups or [(None, 0, w.shape[0])]
+    pieces = []
+    for group, a, b in spans:
+        r = rule if group is None else scheme.rule_for(f"{name}::{group}", (b - a) * w.shape[1], True)
+        if r.kind == "int":
+            pieces.append(QATPiece(a, b, r.bits, r.clip, r.sdclip_k, r.percentile))
+        else:
+            pieces.append(QATPiece(a, b, None))
+    return tuple(pieces)
+
+
+def fake_quant_planned(w: Tensor, plan: tuple[QATPiece, ...], mix: Tensor | float) -> Tensor:
+    """Fake-quantize ``w`` piece by piece as :func:`qat_plan` resolved it; only tensor arithmetic (compile-safe)."""
+    parts = [
+        w[p.start:p.stop] if p.bits is None
+        else fake_quant_weight(w[p.start:p.stop], p.bits, mix, clip=p.clip, sdclip_k=p.sdclip_k, percentile=p.percentile)
+        for p in plan
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
 def fake_quant_param(
     w: Tensor, name: str, scheme, mix: Tensor | float, groups: list[tuple[str, int, int]] | None = None
 ) -> Tensor:
-    """:func:`fake_quant_for` with the exporter's row-group decision: a parameter listed in the row-group map is
-    split into ``param::group`` pieces only when the whole parameter is quantized (not a small/float tensor), exactly
-    as ``quantize_state_dict(…, row_groups=…)`` does; each piece then follows its own rule (protection etc.)."""
-    rule = scheme.rule_for(name, w.numel(), w.is_floating_point())
-    if rule.kind != "int" or w.ndim != 2:
-        return w
-    if not groups:
-        return fake_quant_for(w, name, scheme, mix)
-    return torch.cat([fake_quant_for(w[a:b], f"{name}::{g}", scheme, mix) for g, a, b in groups], dim=0)
+    """:func:`fake_quant_for` with the exporter's row-group decision (see :func:`qat_plan`)."""
+    plan = qat_plan(w, name, scheme, groups)
+    return w if plan is None else fake_quant_planned(w, plan, mix)

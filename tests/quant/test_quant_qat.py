@@ -92,3 +92,36 @@ def test_fake_quant_param_mirrors_row_group_export():
     assert torch.equal(fake_quant_param(w, name, scheme, torch.tensor(1.0), groups), deq)
     small = torch.randn(16, 8)  # below passthrough_max_numel: stored as float, never split
     assert fake_quant_param(small, name, scheme, 1.0, [("z", 0, 8), ("dd_A", 8, 16)]) is small
+
+
+def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_recompile():
+    """The H100 run that found it: protect globs were matched (fnmatch) inside the compiled forward, which Dynamo
+    cannot trace. LateQAT now resolves them before compiling; the compiled loss matches eager in both modes."""
+    from types import SimpleNamespace
+
+    from golf.callbacks import LateQAT
+    from golf.model import GolfLM
+    from golf.modules.config import BackboneConfig, SSMConfig
+
+    torch.manual_seed(7)
+    backbone = BackboneConfig(model_dim=64, layers="SA", num_heads=2, num_kv_heads=1,
+                              ssm=SSMConfig(d_state=16, headdim=16, chunk_size=16))
+    lm = GolfLM(vocab_size=128, seq_len=32, backbone=backbone)
+    with torch.no_grad():  # zero-initialised output projections would hide the fake quantization
+        for p in lm.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    scheme = QuantScheme(method="int6", clip="sdclip", passthrough_max_numel=1024,
+                         protect={"*.in_proj.weight::dd_A": 8, "*.in_proj.weight::dd_dt": "fp16"})
+    qat = LateQAT(scheme=scheme)
+    qat.on_fit_start(SimpleNamespace(callbacks=[]), lm)
+    x = torch.randint(0, 128, (2, 32))
+    y = torch.randint(0, 128, (2, 32))
+    compiled = torch.compile(lm.model.loss, fullgraph=True, dynamic=False, backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for mix in (0.0, 1.0):
+            qat.mix.fill_(mix)
+            torch.testing.assert_close(compiled(x, y), lm.model.loss(x, y), rtol=1e-5, atol=1e-5)
+    qat.mix.fill_(0.0)
+    off = lm.model.loss(x, y)
+    qat.mix.fill_(1.0)
+    assert not torch.equal(off, lm.model.loss(x, y))  # fake quantization is really on
