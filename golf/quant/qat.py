@@ -11,7 +11,7 @@ float tensor (a buffer), so turning QAT on mid-run changes a value, not the comp
 the scales is done in fp32 arithmetic (:func:`golf.quant.intn.round_to_fp16`), so the result is the same eager and
 under ``torch.compile`` (Inductor would otherwise drop a plain fp32→fp16→fp32 cast).
 
-Use :func:`fake_quant_for` to mirror exactly what ``quantize_state_dict`` will do to a given parameter under a
+Use :func:`fake_quant_param` to mirror exactly what ``quantize_state_dict`` will do to a given parameter under a
 :class:`golf.quant.QuantScheme` (bits, protection, clip rule, per-role SDClip k).
 """
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from golf.quant import FLOAT_STORE_DTYPES
 from golf.quant.int8 import INT8_CLIP_Q
 from golf.quant.intn import (
     DEFAULT_PERCENTILE,
@@ -72,36 +73,26 @@ def fake_quant_weight(
     """
     if w.ndim != 2:
         raise ValueError(f"fake_quant_weight expects a 2-D weight, got shape {tuple(w.shape)}")
+    return straight_through(w, _dequantized(w.detach(), bits, clip, sdclip_k, percentile), mix)
+
+
+def straight_through(w: Tensor, target: Tensor, mix: Tensor | float) -> Tensor:
+    """``w`` (mix 0) or ``target`` (mix 1) in value, bit-exact, with the identity gradient with respect to ``w``."""
     wd = w.detach()
-    deq = _dequantized(wd, bits, clip, sdclip_k, percentile).to(w.dtype)
     if not isinstance(mix, Tensor):
         mix = torch.tensor(float(mix))
-    mix = mix.to(device=w.device, dtype=w.dtype)
-    return (w - wd) + torch.lerp(wd, deq, mix)
-
-
-def fake_quant_for(w: Tensor, name: str, scheme, mix: Tensor | float) -> Tensor:
-    """Fake-quantize parameter ``name`` the way ``quantize_state_dict(…, scheme)`` stores it (round-to-nearest).
-
-    Tensors the scheme keeps as floats come back unchanged. For ``method="gptq"`` this mirrors the grid and scales
-    but not GPTQ's error feedback. A parameter split into row groups should call this once per piece (name
-    ``param::group``) on the corresponding rows.
-    """
-    rule = scheme.rule_for(name, w.numel(), w.is_floating_point())
-    if rule.kind != "int" or w.ndim != 2:
-        return w
-    return fake_quant_weight(
-        w, rule.bits, mix, clip=rule.clip, sdclip_k=rule.sdclip_k, percentile=rule.percentile
-    )
+    return (w - wd) + torch.lerp(wd, target.to(w.dtype), mix.to(device=w.device, dtype=w.dtype))
 
 
 @dataclass(frozen=True)
 class QATPiece:
-    """Rows ``[start, stop)`` of a weight and their fake-quantization grid (``bits`` None: kept as is)."""
+    """Rows ``[start, stop)`` of a weight and their fake-quantization grid (``bits`` None: stored as the float
+    ``float_dtype``)."""
 
     start: int
     stop: int
     bits: int | None
+    float_dtype: str = "fp32"
     clip: str = "percentile"
     sdclip_k: float = DEFAULT_SDCLIP_K
     percentile: float = DEFAULT_PERCENTILE
@@ -123,17 +114,19 @@ def qat_plan(
     for group, a, b in spans:
         r = rule if group is None else scheme.rule_for(f"{name}::{group}", (b - a) * w.shape[1], True)
         if r.kind == "int":
-            pieces.append(QATPiece(a, b, r.bits, r.clip, r.sdclip_k, r.percentile))
+            pieces.append(QATPiece(a, b, r.bits, clip=r.clip, sdclip_k=r.sdclip_k, percentile=r.percentile))
         else:
-            pieces.append(QATPiece(a, b, None))
+            pieces.append(QATPiece(a, b, None, float_dtype=r.store_dtype or "fp32"))
     return tuple(pieces)
 
 
-def fake_quant_planned(w: Tensor, plan: tuple[QATPiece, ...], mix: Tensor | float) -> Tensor:
-    """Fake-quantize ``w`` piece by piece as :func:`qat_plan` resolved it; only tensor arithmetic (compile-safe)."""
+@torch.no_grad()
+def dequantized_planned(w: Tensor, plan: tuple[QATPiece, ...]) -> Tensor:
+    """The weight the exporter will store for ``w``, dequantized, piece by piece as :func:`qat_plan` resolved it
+    (pieces kept as floats come back rounded to their stored dtype); fp32."""
     parts = [
-        w[p.start:p.stop] if p.bits is None
-        else fake_quant_weight(w[p.start:p.stop], p.bits, mix, clip=p.clip, sdclip_k=p.sdclip_k, percentile=p.percentile)
+        w[p.start:p.stop].to(FLOAT_STORE_DTYPES[p.float_dtype]).float() if p.bits is None
+        else _dequantized(w[p.start:p.stop], p.bits, p.clip, p.sdclip_k, p.percentile)
         for p in plan
     ]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
@@ -142,6 +135,8 @@ def fake_quant_planned(w: Tensor, plan: tuple[QATPiece, ...], mix: Tensor | floa
 def fake_quant_param(
     w: Tensor, name: str, scheme, mix: Tensor | float, groups: list[tuple[str, int, int]] | None = None
 ) -> Tensor:
-    """:func:`fake_quant_for` with the exporter's row-group decision (see :func:`qat_plan`)."""
+    """Fake-quantize parameter ``name`` the way ``quantize_state_dict(…, scheme, row_groups=…)`` stores it
+    (round-to-nearest: for ``method="gptq"`` the grid and scales, not GPTQ's error feedback); tensors the scheme keeps
+    as floats come back unchanged. The row-group decision is :func:`qat_plan`'s."""
     plan = qat_plan(w, name, scheme, groups)
-    return w if plan is None else fake_quant_planned(w, plan, mix)
+    return w if plan is None else straight_through(w, dequantized_planned(w, plan), mix)

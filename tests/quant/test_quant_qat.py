@@ -6,7 +6,7 @@ import torch
 from golf.quant import QuantScheme, dequantize_state_dict, quantize_state_dict
 from golf.quant.intn import dequantize_per_row, quantize_per_row
 from golf.quant.int8 import quantize_int8_per_row
-from golf.quant.qat import fake_quant_for, fake_quant_weight
+from golf.quant.qat import fake_quant_param, fake_quant_weight
 
 
 @pytest.mark.parametrize("clip", ["percentile", "sdclip", "absmax"])
@@ -45,14 +45,14 @@ def test_off_is_identity_and_gradient_is_straight_through():
     assert not torch.equal(fake_quant_weight(w, 6, mix).detach(), w.detach())
 
 
-def test_fake_quant_for_mirrors_the_scheme():
+def test_fake_quant_param_mirrors_the_scheme():
     torch.manual_seed(3)
     scheme = QuantScheme(method="int6", clip="sdclip", sdclip_k_by_role={"mlp": 11.5}, embed_bits=7)
     sd = {"blocks.0.mlp.fc.weight": torch.randn(300, 256) * 0.02, "tok_emb.weight": torch.randn(300, 256) * 0.02,
           "blocks.0.mix_scale": torch.randn(256)}
     deq = dequantize_state_dict(quantize_state_dict(sd, scheme))
     for name, w in sd.items():
-        out = fake_quant_for(w, name, scheme, torch.tensor(1.0))
+        out = fake_quant_param(w, name, scheme, torch.tensor(1.0))
         if name == "blocks.0.mix_scale":
             assert out is w  # kept as float by the exporter
         else:
@@ -81,8 +81,6 @@ def test_compiled_fake_quant_is_exact_and_mix_flip_does_not_recompile():
 
 
 def test_fake_quant_param_mirrors_row_group_export():
-    from golf.quant.qat import fake_quant_param
-
     torch.manual_seed(6)
     name = "blocks.1.mixer.in_proj.weight"
     groups = [("z", 0, 200), ("x", 200, 400), ("dd_dt", 400, 408), ("dd_A", 408, 416)]
@@ -120,8 +118,21 @@ def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_rec
     with torch._dynamo.config.patch(error_on_recompile=True):
         for mix in (0.0, 1.0):
             qat.mix.fill_(mix)
+            qat.refresh_targets()
             torch.testing.assert_close(compiled(x, y), lm.model.loss(x, y), rtol=1e-5, atol=1e-5)
     qat.mix.fill_(0.0)
     off = lm.model.loss(x, y)
     qat.mix.fill_(1.0)
     assert not torch.equal(off, lm.model.loss(x, y))  # fake quantization is really on
+    # In value the forward now uses exactly the weights the exporter stores; the gradient is the identity.
+    from golf.quant import dequantize_state_dict, quantize_state_dict
+
+    name = "blocks.0.mixer.in_proj.weight"
+    w = lm.model.get_parameter(name)
+    groups = lm.model.row_groups()
+    stored = dequantize_state_dict(quantize_state_dict({name: w.detach()}, scheme, row_groups={name: groups[name]}))
+    module = lm.model.get_submodule(name.rsplit(".", 1)[0])
+    out = module.weight_transform(w)
+    assert torch.equal(out, stored[name].to(out.dtype))
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
