@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -209,7 +210,8 @@ def profile_step(step, top: int = 15) -> dict:
                 top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
 
 
-def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path) -> dict:
+def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path,
+             peer_timeout: float = 900) -> dict:
     peers = peers.resolve()  # the script runs with the peers folder as its working directory
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
@@ -226,20 +228,27 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     if not script.is_file():
         return dict(error=f"{script} not found (place the challenge's script there)")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900,
-                          cwd=str(peers))
-    log = proc.stdout + proc.stderr
-    (log_dir / f"peer_{Path(config).stem}.log").write_text(log)
-    # step:N/M ... step_avg:XXms, after the script's own warm-up; use the average over steps > warmup.
+    log_path = log_dir / f"peer_{Path(config).stem}.log"
+    with open(log_path, "w") as log_file:  # on disk as it runs: a timed-out peer still leaves its step times
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                cwd=str(peers), start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=peer_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode = "timeout"
+    log = log_path.read_text()
+    # step:N/M ... train_time:XXms after the script's own (restored) warm-up; the mean over steps warmup+1..last.
     times = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"step:(\d+)/\d+ .*?train_time:([\d.]+)ms", log)]
-    if proc.returncode != 0 and not times:
-        return dict(error=f"exit {proc.returncode}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}")
     t_by_step = dict(times)
+    if not t_by_step or max(t_by_step) <= warmup or warmup not in t_by_step:
+        return dict(error=f"exit {returncode}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}")
     last = max(t_by_step)
     ms = (t_by_step[last] - t_by_step[warmup]) / (last - warmup)
     mem = re.search(r"peak memory allocated: (\d+) MiB", log)
     return dict(ms_per_step=ms, peak_mem_gb=int(mem.group(1)) * 2**20 / 1e9 if mem else None,
-                wall_s=time.perf_counter() - t0)
+                wall_s=time.perf_counter() - t0, exit=returncode)
 
 
 def run_rows(args) -> list[dict]:
@@ -257,7 +266,8 @@ def run_rows(args) -> list[dict]:
                 elif kind == "bare":
                     r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
                 else:
-                    r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab, args.out.parent)
+                    r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab, args.out.parent,
+                                 args.peer_timeout)
             except Exception as e:  # a failed row is reported, the others still run
                 r = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
             model = r.pop("model", None)
@@ -287,7 +297,7 @@ def run_concurrently(args) -> list[dict]:
         out = args.out.with_name(f"{args.out.stem}.{Path(config).stem}.json")
         cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
-               "--peers", str(args.peers), "--out", str(out), *(["--profile"] if args.profile else [])]
+               "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out), *(["--profile"] if args.profile else [])]
         log = open(out.with_suffix(".log"), "w")
         procs.append((out, log, subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)),
                                                   stdout=log, stderr=subprocess.STDOUT)))
@@ -345,6 +355,8 @@ def main() -> None:
     ap.add_argument("--peers", type=Path, default=REPO / ".peers")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--peer-timeout", type=float, default=900, help="seconds before a peer script is stopped "
+                    "(its step times so far are still read)")
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
     ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one bare-loop step")
