@@ -338,7 +338,7 @@ def compress_analysis(trainer, pl_module, base, sdclip_ks: list[float]) -> dict[
         if distributed:
             dist.barrier()
         rt, _ = load_backbone(path, device)
-        res = evaluate(rt, val, dm.seq_len, dm.byte_luts, device, eval_cfg, batch_tokens=dm.val_batch_tokens)
+        res = evaluate(rt, val, dm.seq_len, dm.byte_luts, device, eval_cfg, batch_tokens=dm.val_forward_tokens)
         return {"artifact_bytes": info.model_bytes if info else None,
                 "header_bytes": info.header_bytes if info else None,
                 "payload_bytes": info.model_bytes - info.header_bytes if info else None, "post_bpb": res.val_bpb}
@@ -348,7 +348,7 @@ def compress_analysis(trainer, pl_module, base, sdclip_ks: list[float]) -> dict[
         a = st.get("ssm_in_proj") or {"per_tensor_bytes": 0, "params": 0}
         return a["per_tensor_bytes"], a["params"]
 
-    pre = evaluate(model, val, dm.seq_len, dm.byte_luts, device, eval_cfg, batch_tokens=dm.val_batch_tokens).val_bpb
+    pre = evaluate(model, val, dm.seq_len, dm.byte_luts, device, eval_cfg, batch_tokens=dm.val_forward_tokens).val_bpb
 
     # --- the measurement: golf's default int6 export (row groups + dynamics protection) --------------------------
     qs_golf = quantize_state_dict(state, scheme(), row_groups=groups)

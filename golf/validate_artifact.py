@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     ev = args.eval.as_dict()
     eval_cfg = EvalConfig(**{k: v for k, v in ev.items() if k != "ttt"}, ttt=TTTConfig(**ev["ttt"]))
     result = evaluate(model, dm.load_val(), dm.seq_len, dm.byte_luts, device, eval_cfg,
-                      batch_tokens=dm.val_batch_tokens)
+                      batch_tokens=dm.val_forward_tokens)
     model_bytes = Path(args.artifact).stat().st_size
     code = code_bytes()
     total = model_bytes + code.compressed

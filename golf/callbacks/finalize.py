@@ -138,7 +138,7 @@ class Finalize(Callback):
 
         val, pre_cfg = dm.load_val(), replace(self.eval, ttt=TTTConfig())
         rank_zero_info(f"golf: scoring the trained model (pre-quantization, {self.eval.mode}) on the full val split")
-        pre = evaluate(model, val, dm.seq_len, dm.byte_luts, device, pre_cfg, batch_tokens=dm.val_batch_tokens)
+        pre = evaluate(model, val, dm.seq_len, dm.byte_luts, device, pre_cfg, batch_tokens=dm.val_forward_tokens)
         hessians, calib_seconds = self.collect_hessians(trainer, pl_module)
         info = qs = None
         if trainer.is_global_zero:
@@ -154,7 +154,7 @@ class Finalize(Callback):
         # Every rank reads the artifact back from disk and scores it: this number is the score.
         roundtrip, header = load_backbone(artifact_path, device)
         rank_zero_info(f"golf: scoring the artifact ({self.eval.mode}, ttt {self.eval.ttt.kind}) on the full val split")
-        post = evaluate(roundtrip, val, dm.seq_len, dm.byte_luts, device, self.eval, batch_tokens=dm.val_batch_tokens)
+        post = evaluate(roundtrip, val, dm.seq_len, dm.byte_luts, device, self.eval, batch_tokens=dm.val_forward_tokens)
         if not trainer.is_global_zero:
             self._check_constraints(trainer, None)
             return

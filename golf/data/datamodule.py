@@ -119,7 +119,8 @@ class GolfData(pl.LightningDataModule):
             train_batch_tokens: Global tokens per optimizer step, over all ranks and micro-steps.
             micro_batch_tokens: Tokens per rank per forward/backward; default train_batch_tokens // 8, so that 1 to 8
                 ranks run the same global batch with grad accumulation 8 / world_size, as the challenge does.
-            val_batch_tokens: Global tokens per validation forward.
+            val_batch_tokens: Global tokens per validation step (the challenge's VAL_BATCH_SIZE), scored in as many
+                forwards as a training step has micro-steps (see ``val_forward_tokens``).
             val_max_tokens: Score only this prefix of the val split (smoke runs; the challenge scores all of it).
             pin_memory: Pinned host batches for non-blocking copies to the GPU.
         """
@@ -238,8 +239,15 @@ class GolfData(pl.LightningDataModule):
         dataset = TrainWindows(self.load_train(), self.layout(self.world_size), self.rank, start_step=start)
         return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=self.pin_memory and torch.cuda.is_available())
 
+    @property
+    def val_forward_tokens(self) -> int:
+        """Global tokens per validation forward: val_batch_tokens // grad-accumulation steps, as the challenge's
+        scripts split VAL_BATCH_SIZE, so that a rank's forward holds the same tokens on 1 GPU as on 8 (one GPU at
+        1,048,576 tokens of sp8192 in one forward would need ~80 GB for the logits alone)."""
+        return max(self.world_size * self.seq_len, self.val_batch_tokens // self.layout(self.world_size).accum)
+
     def val_dataloader(self) -> DataLoader:
-        batch_seqs = max(1, self.val_batch_tokens // (self.world_size * self.seq_len))
+        batch_seqs = max(1, self.val_forward_tokens // (self.world_size * self.seq_len))
         dataset = ValWindows(self.load_val(), self.seq_len, batch_seqs, self.rank, self.world_size)
         return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=self.pin_memory and torch.cuda.is_available())
 

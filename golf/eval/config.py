@@ -84,7 +84,7 @@ class EvalConfig:
     sees only the current window while the SSM state still carries everything)."""
     batch_tokens: int | None = None
     """Global tokens per forward (windows per forward = batch_tokens // (ranks x seq_len)); stateful: the number of
-    parallel sub-streams is batch_tokens // seq_len over all ranks. Default: data.val_batch_tokens."""
+    parallel sub-streams is batch_tokens // seq_len over all ranks. Default: data.val_forward_tokens."""
     ttt: TTTConfig = field(default_factory=TTTConfig)
     """Score-first test-time training (kind none | chunk | lora)."""
     time_budget_seconds: float | None = None

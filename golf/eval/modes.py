@@ -402,7 +402,7 @@ def evaluate(
 ) -> ModeResult:
     """Score ``tokens`` (the whole val split, as from GolfData.load_val()) under ``config``. Every rank passes the
     same array and takes its share; the sums are all-reduced in float64 when torch.distributed is up (every rank must
-    call this). ``batch_tokens`` is the default of config.batch_tokens (data.val_batch_tokens). The model's weights
+    call this). ``batch_tokens`` is the default of config.batch_tokens (data.val_forward_tokens). The model's weights
     are restored after TTT. ``trace``: also return a per-target :class:`Trace` (this rank's targets)."""
     cfg = config or EvalConfig()
     cfg.check(seq_len)

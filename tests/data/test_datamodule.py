@@ -71,6 +71,20 @@ def test_val_split_is_truncated_to_whole_windows_and_split_over_ranks(tiny_data)
     assert torch.equal(seen[0], seen[1])
 
 
+def test_val_forward_holds_the_same_tokens_per_rank_on_any_world_size(tiny_data):
+    """val_batch_tokens is split like a training step (grad accumulation 8 / world), as the challenge splits
+    VAL_BATCH_SIZE: a 1-rank run must not put the whole global val batch into one forward."""
+    from types import SimpleNamespace
+
+    dm = GolfData(data_dir=str(tiny_data), vocab_size=512, seq_len=64, train_batch_tokens=4096, val_batch_tokens=8192)
+    dm.setup("validate")
+    assert dm.val_forward_tokens == 1024  # 8 micro-steps of 512 tokens on one rank
+    assert next(iter(dm.val_dataloader())).shape == (16, 65)
+    for world in (2, 8):
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=0)
+        assert dm.val_forward_tokens // world == 1024  # per rank, per forward: unchanged
+
+
 def test_vocab_mismatch_and_missing_pieces_are_clear(tiny_data, tmp_path):
     with pytest.raises(GolfError, match="set data.vocab_size: 512"):
         GolfData(data_dir=str(tiny_data), vocab_size=1024).setup("fit")

@@ -67,7 +67,7 @@ def test_validate_accepts_eval_flags_and_matches_the_library(artifact, tiny_data
     assert windows["tokens"] == sliding["tokens"] == ttt["tokens"] == 4096
     model, _ = load_backbone(path, "cpu")
     ref = evaluate(model, dm.load_val(), 64, dm.byte_luts, "cpu", EvalConfig(mode="sliding", stride=16),
-                   batch_tokens=DATA["val_batch_tokens"])
+                   batch_tokens=dm.val_forward_tokens)
     assert sliding["val_bpb"] == ref.val_bpb
 
 
