@@ -106,6 +106,7 @@ class GolfLM(pl.LightningModule):
         self.lr_scale = 1.0
         self.bad_steps = 0
         self.last_loss: torch.Tensor | None = None
+        self._unchecked_loss: torch.Tensor | None = None
         self._compiled: dict[str, object] = {}  # compiled callables, kept out of the module tree and checkpoints
 
     # -- parameters and optimizer ----------------------------------------------------------------------------------
@@ -256,15 +257,19 @@ class GolfLM(pl.LightningModule):
         self.log("lr_scale", self.lr_scale, on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.max_bad_steps <= 0 or self.last_loss is None:
+        # The previous step's loss is checked, not this one's: reading it waits at most for the previous step while
+        # this step's kernels are already queued, so the GPU never idles on the check (one device: no host sync per
+        # step). A non-finite step's update was already skipped on the device (see _step).
+        loss, self._unchecked_loss = self._unchecked_loss, self.last_loss
+        if self.max_bad_steps <= 0 or loss is None:
             return
         # Agreed by every rank (any rank non-finite), so all of them raise on the same step.
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(self.last_loss)), all=False)
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= self.max_bad_steps:
             raise GolfError(
                 f"training loss was NaN/Inf for {self.bad_steps} consecutive steps (up to step "
-                f"{self.trainer.global_step}); their updates were skipped and earlier checkpoints are kept; lower "
+                f"{self.trainer.global_step - 1}); their updates were skipped and earlier checkpoints are kept; lower "
                 f"model.optimizer learning rates or set model.optimizer.grad_clip_norm, then resume with --ckpt_path"
             )
 

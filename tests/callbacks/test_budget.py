@@ -20,22 +20,25 @@ class FakeStrategy:
         return torch.maximum(tensor, torch.tensor([self.peer_elapsed], dtype=tensor.dtype))
 
 
-def fake_trainer(peer_elapsed=0.0):
-    return SimpleNamespace(strategy=FakeStrategy(peer_elapsed), should_stop=False, global_step=0)
+def fake_trainer(peer_elapsed=0.0, world_size=2):
+    return SimpleNamespace(strategy=FakeStrategy(peer_elapsed), should_stop=False, global_step=0, world_size=world_size)
+
+
+CPU_MODULE = SimpleNamespace(device=torch.device("cpu"))
 
 
 def step(cb, trainer, seconds):
-    cb.on_train_batch_start(trainer, None, None, 0)
+    cb.on_train_batch_start(trainer, CPU_MODULE, None, 0)
     time.sleep(seconds)
     trainer.global_step += 1
-    cb.on_train_batch_end(trainer, SimpleNamespace(device=torch.device("cpu")), None, None, 0)
+    cb.on_train_batch_end(trainer, CPU_MODULE, None, None, 0)
 
 
 def test_validation_and_warmup_time_are_not_counted():
     cb, trainer = WallClockBudget(budget_seconds=100), fake_trainer()
     time.sleep(0.2)  # compile warm-up happens before the first on_train_batch_start
     step(cb, trainer, 0.05)
-    cb.on_validation_start(trainer, None)
+    cb.on_validation_start(trainer, CPU_MODULE)
     time.sleep(0.3)  # a validation pass
     step(cb, trainer, 0.05)
     assert 0.1 <= cb.elapsed() < 0.2
@@ -47,6 +50,17 @@ def test_stops_when_any_rank_is_over_and_all_ranks_see_the_same_clock():
     step(cb, trainer, 0.01)
     assert trainer.should_stop and cb.stopped_at_step == 1  # this rank is at 0.01 s, the slow one at 8.5 >= 10 - 2
     assert cb.agreed_elapsed == 8.5 and cb.fraction() == pytest.approx(8.5 / 8)
+
+
+def test_one_process_reads_its_clock_on_the_host_without_a_collective():
+    class NoCollective(FakeStrategy):
+        def reduce(self, tensor, reduce_op="mean"):
+            raise AssertionError("one process must not round-trip its clock through a device tensor")
+
+    cb, trainer = WallClockBudget(budget_seconds=0.05), fake_trainer(world_size=1)
+    trainer.strategy = NoCollective()
+    step(cb, trainer, 0.06)
+    assert trainer.should_stop and cb.agreed_elapsed == pytest.approx(cb.elapsed(), abs=0.02)
 
 
 def test_budget_survives_resume():
