@@ -138,7 +138,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
                                    "--trainer.enable_checkpointing=false",
                                    *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
     trainer = cli.trainer
-    # Keep the budget clock (its per-step all-reduce is part of what users pay); drop finalization for timing.
+    # Keep the budget clock (per step; an all-reduce with several ranks: part of what users pay); drop finalization.
     from golf.callbacks import Finalize
 
     trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, Finalize)] + [Timing()]
