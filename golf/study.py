@@ -821,6 +821,17 @@ def _plot_setup(figsize=(7, 4.5)):
     return fig
 
 
+def _plot_finish(fig, path: Path, ax=None, legend: bool = True, grid: str = "y") -> Path:
+    """The common tail of every study plot: grid, legend, layout, save."""
+    if ax is not None:
+        ax.grid(axis=grid, alpha=0.3)
+        if legend:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def plot_curves(arms: list[str], results: dict[str, Any], title: str, path: Path) -> Path | None:
     fig = _plot_setup()
     ax = fig.add_subplot(1, 1, 1)
@@ -840,11 +851,7 @@ def plot_curves(arms: list[str], results: dict[str, Any], title: str, path: Path
     ax.set_xlabel("training wall-clock (s, validation excluded)")
     ax.set_ylabel("val BPB (x: artifact, post-quant)")
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _plot_finish(fig, path, ax, grid="both")
 
 
 def plot_roles_by_arm(arms: list[str], results: dict[str, Any], path: Path) -> Path | None:
@@ -862,11 +869,7 @@ def plot_roles_by_arm(arms: list[str], results: dict[str, Any], path: Path) -> P
     ax.set_xticklabels(roles, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("LZMA bytes / parameter (each tensor alone)")
     ax.set_title("Compressed bytes per parameter by tensor role (artifact quantization)", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _plot_finish(fig, path, ax)
 
 
 def plot_quant_gaps(items: list[tuple[str, float]], path: Path) -> Path | None:
@@ -880,10 +883,7 @@ def plot_quant_gaps(items: list[tuple[str, float]], path: Path) -> Path | None:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("quantization gap (mBPB, post - pre)")
     ax.set_title("Quantization gap per arm and export variant", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _plot_finish(fig, path, ax, legend=False)
 
 
 def plot_in_proj_groups(comp: dict[str, Any], path: Path) -> Path | None:
@@ -904,11 +904,7 @@ def plot_in_proj_groups(comp: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticklabels(keys, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("bytes / parameter")
     ax.set_title("Trained hybrid, int6: SSM in_proj row groups vs attention QKV", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _plot_finish(fig, path, ax)
 
 
 def plot_remedies(comp: dict[str, Any], path: Path) -> Path | None:
@@ -930,9 +926,7 @@ def plot_remedies(comp: dict[str, Any], path: Path) -> Path | None:
     ax2.axvline(0, color="k", lw=0.8)
     ax2.set_xlabel("post-quant BPB vs golf default (mBPB)")
     fig.suptitle("Remedies for the in_proj compression penalty (trained hybrid, artifacts read back)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _plot_finish(fig, path)
 
 
 # =====================================================================================================================

@@ -97,3 +97,14 @@ def tiny_config(tmp_path: Path, data_dir: Path, **over) -> Path:
 def only_version_dir(tmp_path: Path) -> Path:
     (version,) = sorted((tmp_path / "run" / "t").glob("version_*"))
     return version
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: OpenMP threads only spin against each other (30x slower on a busy 2-core machine)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

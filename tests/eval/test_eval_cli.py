@@ -17,19 +17,12 @@ from golf.modules.backbone import Backbone
 from golf.modules.config import BackboneConfig, SSMConfig
 from golf.quant import QuantScheme
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = {"vocab_size": 512, "seq_len": 64, "train_batch_tokens": 512, "micro_batch_tokens": 256,
         "val_batch_tokens": 1024, "val_max_tokens": 4096}
 BACKBONE = {"model_dim": 32, "layers": "SA", "num_heads": 2, "num_kv_heads": 1,
             "ssm": {"d_state": 16, "headdim": 16, "chunk_size": 16}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: OpenMP threads only spin against each other on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -77,15 +77,7 @@ CONFIGS = {
     "doc_isolated+lora": EvalConfig(mode="doc_isolated", stride=8, ttt=LORA),
 }
 TTT = [k for k in CONFIGS if "+" in k]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: OpenMP threads only spin against each other (30x slower on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
