@@ -2,10 +2,12 @@
 
     golf study --out DIR [--budget-seconds S] [--studies arch vocab protect calibration in_proj_optimizer compress]
                [--config BASE.yaml] [--data-root data] [--vocabs 1024 4096 8192] [--accelerator cpu|gpu] [--devices N]
+               [--gpus 0 1 2 3 | --parallel N]
 
 Every *arm* is one ``golf fit`` of a config derived from BASE.yaml (default ``configs/study_cpu.yaml``), all with the
 same wall-clock budget (golf's ``WallClockBudget``), seed and data order; arms shared by several studies are trained
-once. Studies:
+once. ``--gpus`` trains several arms at once, each alone on its own GPU(s); ``--parallel N`` does the same with CPU
+subprocesses. Studies:
 
 * ``arch``: the base hybrid vs a transformer of the same depth and width whose MLP is widened until both have the
   same parameter count (within ±2%; the exact counts are reported);
@@ -58,6 +60,8 @@ DEFAULT_CONFIG = "configs/study_cpu.yaml"
 DEFAULT_VOCABS = (1024, 4096, 8192)
 DEFAULT_SDCLIP_KS = (2.5, 3.0, 4.0, 6.0, 12.85)
 MATCH_TOLERANCE = 0.02
+#: Exit codes of an interrupted `golf fit` (Ctrl-C, SIGTERM; negative: killed by that signal).
+INTERRUPTED = (130, 143, -2, -15)
 #: Roles shown in the tables (LZMA bytes/parameter), in this order; ssm_in_proj sums all its row groups.
 TABLE_ROLES = ("embedding", "attn_qkv", "attn_out", "mlp", "ssm_in_proj", "ssm_out_proj")
 
@@ -629,8 +633,10 @@ def build_arm_config(base: dict[str, Any], arm: Arm, out: Path, args, budget: fl
     if arm.arch == "transformer":
         cfg, arm.match = match_transformer(cfg)
     tr = cfg.setdefault("trainer", {})
-    if args.accelerator:
-        tr["accelerator"] = args.accelerator
+    if args.accelerator or args.gpus:
+        tr["accelerator"] = "gpu" if args.gpus else args.accelerator
+    if args.gpus and not args.devices:
+        tr["devices"] = 1
     if args.devices:
         tr["devices"] = args.devices
         if args.devices > 1 and tr.get("strategy") in (None, "auto"):
@@ -679,13 +685,32 @@ def run_dir(out: Path, arm: str) -> Path:
     return out / "runs" / arm / "version_0"
 
 
-def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
+def _reusable(arm: Arm, cfg_path: Path, out: Path, args) -> bool:
     rd = run_dir(out, arm.name)
-    done = rd / "report.json"
     saved = rd / "study_config.yaml"
-    if not args.fresh and done.is_file() and saved.is_file() and saved.read_text() == cfg_path.read_text() and \
-            (not (arm.variants or arm.compress) or (rd / "study_extra.json").is_file()):
-        print(f"golf study: {arm.name}: reusing {done} (same config; --fresh retrains)", flush=True)
+    return (not args.fresh and (rd / "report.json").is_file() and saved.is_file()
+            and saved.read_text() == cfg_path.read_text()
+            and (not (arm.variants or arm.compress) or (rd / "study_extra.json").is_file()))
+
+
+def _arm_env(args, gpus: list[str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
+def _fit_command(cfg_path: Path) -> list[str]:
+    return [sys.executable, "-m", "golf", "fit", "--config", str(cfg_path)]
+
+
+def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
+    """Train one arm in this process (or as a subprocess for DDP / ``--subprocess``) unless it can be reused."""
+    rd = run_dir(out, arm.name)
+    if _reusable(arm, cfg_path, out, args):
+        print(f"golf study: {arm.name}: reusing {rd / 'report.json'} (same config; --fresh retrains)", flush=True)
         return {"exit_code": 0, "reused": True}
     if rd.exists():
         shutil.rmtree(rd)
@@ -695,10 +720,7 @@ def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
     dev = arm.config["trainer"].get("devices", 1)
     devices = int(dev) if str(dev).isdigit() else 1
     if args.subprocess or devices > 1:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if args.threads:
-            env["OMP_NUM_THREADS"] = str(args.threads)
-        code = subprocess.run([sys.executable, "-m", "golf", "fit", "--config", str(cfg_path)], env=env).returncode
+        code = subprocess.run(_fit_command(cfg_path), env=_arm_env(args)).returncode
     else:
         from golf.cli import main as golf_main
 
@@ -708,9 +730,79 @@ def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
             code = e.code if isinstance(e.code, int) else 2
     seconds = time.perf_counter() - t0
     if rd.is_dir():
-        shutil.copyfile(cfg_path, saved)
+        shutil.copyfile(cfg_path, rd / "study_config.yaml")
     return {"exit_code": code, "reused": False, "wall_seconds_total": seconds,
             "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+
+
+def arm_slots(args) -> list[list[str] | None]:
+    """Where arms run at once: one slot per ``--devices``-sized group of ``--gpus`` (CUDA_VISIBLE_DEVICES of its
+    subprocess), or ``--parallel`` CPU slots; an empty list means one arm after another."""
+    if args.gpus:
+        per = max(1, args.devices or 1)
+        if len(args.gpus) % per:
+            raise GolfError(f"golf study: --gpus lists {len(args.gpus)} GPU(s), not a multiple of --devices {per}")
+        return [args.gpus[i:i + per] for i in range(0, len(args.gpus), per)]
+    if args.parallel and args.parallel > 1:
+        return [None] * args.parallel
+    return []
+
+
+def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path, args,
+                          slots: list[list[str] | None]) -> dict[str, dict[str, Any]]:
+    """Train arms as ``golf fit`` subprocesses, as many at once as there are slots (each arm alone on its GPUs); each
+    arm's output goes to ``DIR/logs/<arm>.log``. Same budget per arm as one after another: the wall-clock budget
+    counts each arm's own training time."""
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for a in arms:
+        if _reusable(a, cfg_paths[a.name], out, args):
+            print(f"golf study: {a.name}: reusing {run_dir(out, a.name) / 'report.json'} (same config; --fresh "
+                  "retrains)", flush=True)
+            results[a.name] = {"exit_code": 0, "reused": True}
+        else:
+            todo.append(a)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    free = list(slots)
+    running: dict[str, tuple[subprocess.Popen, list[str] | None, float, tuple, Any]] = {}
+    try:
+        while todo or running:
+            while todo and free:
+                a, slot = todo.pop(0), free.pop(0)
+                rd = run_dir(out, a.name)
+                if rd.exists():
+                    shutil.rmtree(rd)
+                where = f"GPU {','.join(slot)}" if slot is not None else "CPU"
+                print(f"golf study: training {a.name} ({a.desc}) on {where}; log {logs / (a.name + '.log')}",
+                      flush=True)
+                log = open(logs / f"{a.name}.log", "w")
+                proc = subprocess.Popen(_fit_command(cfg_paths[a.name]), env=_arm_env(args, slot), stdout=log,
+                                        stderr=subprocess.STDOUT)
+                running[a.name] = (proc, slot, time.perf_counter(), os.getloadavg(), log)
+            time.sleep(0.5)
+            for name, (proc, slot, t0, load0, log) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[name]
+                free.append(slot)
+                rd = run_dir(out, name)
+                if rd.is_dir():
+                    shutil.copyfile(cfg_paths[name], rd / "study_config.yaml")
+                seconds = time.perf_counter() - t0
+                print(f"golf study: {name} finished (exit {code}, {seconds:.0f} s)", flush=True)
+                results[name] = {"exit_code": code, "reused": False, "wall_seconds_total": seconds,
+                                 "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+                if code in INTERRUPTED:
+                    todo.clear()
+    finally:
+        for proc, *_ in running.values():  # interrupted: no arm outlives the study
+            proc.terminate()
+        for proc, *_ in running.values():
+            proc.wait()
+    return {a.name: results[a.name] for a in arms if a.name in results}
 
 
 def read_curve(metrics_csv: Path) -> list[dict[str, float]]:
@@ -1139,7 +1231,8 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
 # =====================================================================================================================
 
 
-def _device_text(accelerator: str | None, devices: int | None) -> str:
+def _device_text(accelerator: str | None, devices: int | None, at_once: int = 0) -> str:
+    at = f"; {at_once} arms at once, each on its own devices" if at_once > 1 else ""
     if (accelerator or "cpu") == "cpu":
         cpu = platform.processor() or "cpu"
         try:
@@ -1149,9 +1242,9 @@ def _device_text(accelerator: str | None, devices: int | None) -> str:
                     break
         except OSError:
             pass
-        return f"CPU ({cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+        return f"CPU ({cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}){at}"
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU"
-    return f"{devices or 1}× {name}"
+    return f"{devices or 1}× {name}{at}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1173,6 +1266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model.compile_warmup_steps of every arm: steps run and undone before the clock starts")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (in-process) / OMP_NUM_THREADS")
     p.add_argument("--subprocess", action="store_true", help="run every arm as a `python -m golf fit` subprocess")
+    p.add_argument("--gpus", nargs="+", default=None, metavar="ID",
+                   help="train arms at once, each alone on --devices of these GPUs (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--parallel", type=int, default=None, help="train this many arms at once as CPU subprocesses")
     p.add_argument("--fresh", action="store_true", help="retrain arms even if their run directory has a report")
     p.add_argument("--plan", action="store_true", help="write the arm configs and print the plan; train nothing")
     return p
@@ -1220,13 +1316,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {a.name}: {count_parameters(a.config):,} parameters -> {cfg_paths[a.name]}")
         return 0
 
+    slots = arm_slots(args)
+    runs: dict[str, dict[str, Any]] = {}
+    if slots:
+        runs = run_arms_concurrently(list(arms.values()), cfg_paths, out, args, slots)
+    else:
+        for a in arms.values():
+            runs[a.name] = run_arm(a, cfg_paths[a.name], out, args)
+            if runs[a.name]["exit_code"] in INTERRUPTED:
+                break
+    stopped = next((r["exit_code"] for r in runs.values() if r["exit_code"] in INTERRUPTED), None)
+    if stopped is not None:  # golf fit was interrupted (Ctrl-C / SIGTERM): stop the study
+        print(f"golf study: an arm was interrupted (exit {stopped}); stopping the study", file=sys.stderr)
+        return stopped if stopped > 0 else 128 - stopped
+
     results: dict[str, Any] = {}
     for a in arms.values():
-        res = run_arm(a, cfg_paths[a.name], out, args)
-        if res["exit_code"] in (130, 143, -2, -15):  # golf fit was interrupted (Ctrl-C / SIGTERM): stop the study
-            print(f"golf study: {a.name} was interrupted (exit {res['exit_code']}); stopping the study",
-                  file=sys.stderr)
-            return int(res["exit_code"]) if res["exit_code"] > 0 else 128 - int(res["exit_code"])
+        res = runs[a.name]
         rd = run_dir(out, a.name)
         if (rd / "report.json").is_file():
             report = json.loads((rd / "report.json").read_text())
@@ -1251,7 +1357,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": ["golf", "study", *(argv if argv is not None else sys.argv[2:])],
         "budget_seconds": budget,
         "base_config": str(base_path),
-        "device": _device_text(args.accelerator or _get(base, "trainer.accelerator"), args.devices),
+        "device": _device_text("gpu" if args.gpus else args.accelerator or _get(base, "trainer.accelerator"),
+                               args.devices, len(arm_slots(args))),
         "studies_run": studies,
         "arms": results,
     }

@@ -83,6 +83,22 @@ def test_study_arch_and_protect_end_to_end(tmp_path, tiny_data):
     assert all(a["reused"] for a in again["arms"].values())
 
 
+def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_data):
+    cfg = _study_config(tmp_path, tiny_data)
+    out = tmp_path / "study"
+    code = main(["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "2", "--warmup-steps", "1",
+                 "--studies", "arch", "--parallel", "2"])
+    assert code == 0
+    study = json.loads((out / "study.json").read_text())
+    assert "2 arms at once" in study["device"]
+    t, h = study["studies"]["arch"]["arms"]
+    for row in (t, h):
+        assert row["tokens_seen"] > 0 and row["train_seconds"] >= 2.0 and _finite(row["post_bpb"])
+        log = (out / "logs" / f"{row['arm']}.log").read_text()
+        assert "golf: scoring the artifact" in log, log[-2000:]  # the subprocess wrote its own output there
+        assert not study["arms"][row["arm"]]["reused"]
+
+
 def test_arch_matching_and_plan_of_the_cpu_config(tmp_path, capsys):
     base = yaml.safe_load(Path("configs/study_cpu.yaml").read_text())
     twin, info = match_transformer(base)
