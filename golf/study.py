@@ -693,10 +693,14 @@ def _reusable(arm: Arm, cfg_path: Path, out: Path, args) -> bool:
             and (not (arm.variants or arm.compress) or (rd / "study_extra.json").is_file()))
 
 
-def _arm_env(args, gpus: list[str] | None = None) -> dict[str, str]:
+def _arm_env(args, gpus: list[str] | None = None, at_once: int = 1) -> dict[str, str]:
+    """Environment of an arm's subprocess. Arms running at once share the host's cores evenly: unbounded, each
+    process's thread pools take every core and their CPU work slows down many-fold."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    elif at_once > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // at_once))
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
@@ -777,8 +781,8 @@ def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path
                 print(f"golf study: training {a.name} ({a.desc}) on {where}; log {logs / (a.name + '.log')}",
                       flush=True)
                 log = open(logs / f"{a.name}.log", "w")
-                proc = subprocess.Popen(_fit_command(cfg_paths[a.name]), env=_arm_env(args, slot), stdout=log,
-                                        stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(_fit_command(cfg_paths[a.name]), env=_arm_env(args, slot, len(slots)),
+                                        stdout=log, stderr=subprocess.STDOUT)
                 running[a.name] = (proc, slot, time.perf_counter(), os.getloadavg(), log)
             time.sleep(0.5)
             for name, (proc, slot, t0, load0, log) in list(running.items()):

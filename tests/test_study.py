@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import lzma
 import math
+import os
 import types
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import tiny_config
 
 from golf.cli import main
 from golf.study import (
+    _arm_env,
     _lzma_len,
     _with_in_proj_from,
     compress_analysis,
@@ -97,6 +99,10 @@ def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_
         log = (out / "logs" / f"{row['arm']}.log").read_text()
         assert "golf: scoring the artifact" in log, log[-2000:]  # the subprocess wrote its own output there
         assert not study["arms"][row["arm"]]["reused"]
+    # arms at once split the host's cores instead of each taking all of them
+    args = types.SimpleNamespace(threads=None)
+    assert _arm_env(args, ["1"], 2)["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))
+    assert _arm_env(args, ["1"], 2)["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_arch_matching_and_plan_of_the_cpu_config(tmp_path, capsys):

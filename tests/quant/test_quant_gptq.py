@@ -53,6 +53,25 @@ def test_gptq_is_row_separable_and_handles_dead_columns():
     assert gptq_quantize(W, torch.zeros(32, 32), s, 6) is None  # unusable Hessian -> caller falls back to RTN
 
 
+@pytest.mark.gpu
+def test_gptq_on_the_gpu_matches_the_cpu_and_returns_cpu_codes():
+    # quantize_state_dict runs GPTQ where the Hessian lives; codes must match the CPU path up to rare rounding ties
+    torch.manual_seed(4)
+    X = _correlated_inputs(4096, 512)
+    W = torch.randn(1536, 512) * 0.02
+    H = X.T @ X
+    s = row_scales(W, 6, "sdclip", sdclip_k=12.85)
+    q_cpu = gptq_quantize(W, H, s, 6)
+    q_gpu = gptq_quantize(W.cuda(), H.cuda(), s, 6)
+    assert q_gpu.is_cuda and (q_gpu.cpu() == q_cpu).float().mean() > 0.999
+    scheme = QuantScheme(method="gptq", bits=6, passthrough_max_numel=0)
+    on_cpu = quantize_state_dict({"w": W}, scheme, hessians={"w": H})
+    on_gpu = quantize_state_dict({"w": W.cuda()}, scheme, hessians={"w": H.cuda()})
+    assert on_gpu.meta["w"]["algo"] == "gptq" and all(not t.is_cuda for t in on_gpu.tensors.values())
+    assert (on_gpu.tensors["w#q"] == on_cpu.tensors["w#q"]).float().mean() > 0.999
+    torch.testing.assert_close(on_gpu.tensors["w#scale"], on_cpu.tensors["w#scale"])
+
+
 class _Block(nn.Module):
     def __init__(self):
         super().__init__()
