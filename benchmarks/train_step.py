@@ -3,6 +3,9 @@
     python benchmarks/train_step.py --configs baseline_sp1024 hybrid_sp1024 hybrid_sp8192 \
         --data-sp1024 data/large_sp1024 --data-sp8192 data/large_sp8192 --peers .peers --steps 12 --gpus 0 1 2
 
+A config is a name under configs/ or a .yaml path, optionally with LightningCLI overrides after '@' (comma-separated):
+`hybrid_sp8192@model.compile_regions=true` times the same config with regional compilation (golf and bare rows).
+
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
@@ -94,8 +97,10 @@ def build(config: str, data_dir: str, extra: list[str]):
             parser.link_arguments("data.vocab_size", "model.vocab_size")
             parser.link_arguments("data.seq_len", "model.seq_len")
 
-    path = Path(config) if config.endswith(".yaml") else REPO / "configs" / f"{config}.yaml"
-    args = ["--config", str(path), f"--data.data_dir={data_dir}", *extra]
+    name, _, overrides = config.partition("@")
+    path = Path(name) if name.endswith(".yaml") else REPO / "configs" / f"{name}.yaml"
+    args = ["--config", str(path), f"--data.data_dir={data_dir}", *extra,
+            *(f"--{kv}" for kv in overrides.split(",") if kv)]
     return Parse(GolfLM, GolfData, run=False, args=args, save_config_callback=None)
 
 
@@ -160,9 +165,9 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
     dm.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device)
-    model = lm.model
     opt = lm.configure_optimizers()
-    loss_fn = torch.compile(model.loss, fullgraph=True, dynamic=False) if lm.compile else model.loss
+    lm.configure_model()  # the golf run's compiled loss (whole model or regions, as the config says)
+    loss_fn = lm._train_loss
     autocast = "bf16" in str(cli.trainer.precision)  # as the golf row's precision plugin does
     windows = TrainWindows(dm.load_train(), dm.layout(1), rank=0)
     timer = StepTimer(warmup, t_start)
@@ -265,6 +270,8 @@ def run_rows(args) -> list[dict]:
                     r = row_golf(config, data_dir, args.steps, args.warmup, args.devices)
                 elif kind == "bare":
                     r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
+                elif "@" in config:  # a variant of a config: its peer row is the plain config's
+                    continue
                 else:
                     r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab, args.out.parent,
                                  args.peer_timeout)
@@ -294,7 +301,7 @@ def run_concurrently(args) -> list[dict]:
         raise SystemExit(f"--gpus names {len(args.gpus)} GPUs for {len(args.configs)} configs: give one per config")
     procs = []
     for config, gpu in zip(args.configs, args.gpus):
-        out = args.out.with_name(f"{args.out.stem}.{Path(config).stem}.json")
+        out = args.out.with_name(f"{args.out.stem}.{re.sub(r'[^A-Za-z0-9_]+', '_', Path(config).stem)}.json")
         cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
                "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out), *(["--profile"] if args.profile else [])]
@@ -324,17 +331,18 @@ def compare(rows: list[dict], configs: list[str]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'config':<16}{'row':<6}{'ms/step':>9}{'tok/s':>12}{'MFU':>7}{'peak GB':>9}{'compile s':>10}  note")
+    w = max([16] + [len(r["config"]) + 2 for r in rows])
+    print(f"\n{'config':<{w}}{'row':<6}{'ms/step':>9}{'tok/s':>12}{'MFU':>7}{'peak GB':>9}{'compile s':>10}  note")
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<16}{r['row']:<6}  ERROR {r['error']}")
+            print(f"{r['config']:<{w}}{r['row']:<6}  ERROR {r['error']}")
             continue
         note = ""
         if "lightning_overhead_pct" in r:
             note += f"Lightning overhead {r['lightning_overhead_pct']:+.1f}% "
         if "speedup_vs_peer" in r:
             note += f"{r['speedup_vs_peer']:.2f}x peer"
-        print(f"{r['config']:<16}{r['row']:<6}{r['ms_per_step']:>9.1f}{r.get('tokens_per_s', 0):>12,.0f}"
+        print(f"{r['config']:<{w}}{r['row']:<6}{r['ms_per_step']:>9.1f}{r.get('tokens_per_s', 0):>12,.0f}"
               f"{r.get('mfu', float('nan')):>7.1%}{(r.get('peak_mem_gb') or float('nan')):>9.1f}"
               f"{(r.get('compile_warmup_s') or float('nan')):>10.1f}  {note}")
     for r in rows:

@@ -5,6 +5,7 @@ vocab 1024); with S letters the SSM mixer replaces attention in those blocks."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,6 +84,15 @@ class Backbone(nn.Module):
     def forward(self, idx: torch.Tensor, states: list | None = None, return_states: bool = False):
         """Logits (softcapped, in the activation dtype). With ``return_states`` also each block's mixer state
         (SSM recurrent state or attention KV cache), which can be passed back as ``states`` to continue the stream."""
+        x, new_states = self.hidden(idx, states, return_states)
+        logits = self.head(x)
+        return (logits, new_states) if return_states else logits
+
+    def hidden(self, idx: torch.Tensor, states: list | None = None, return_states: bool = False,
+               run_block: Callable | None = None) -> tuple[torch.Tensor, list]:
+        """The residual stream after the last block, and each block's state with ``return_states``.
+        ``run_block(block, x, x0)`` stands in for ``block(x, x0)``: regional compilation passes one compiled
+        function that every block of a kind shares."""
         x = rms_norm(self.tok_emb(idx))
         x0 = x
         skips: list[torch.Tensor] = []
@@ -94,20 +104,27 @@ class Backbone(nn.Module):
                 x, s = block(x, x0, None if states is None else states[i], return_state=True)
                 new_states.append(s)
             else:
-                x = block(x, x0)
+                x = block(x, x0) if run_block is None else run_block(block, x, x0)
             if i < self.num_encoder:
                 skips.append(x)
+        return x, new_states
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final RMSNorm, the tied (or own) output projection and the logit softcap."""
         x = self.final_norm(x)
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x, weight.to(x.dtype))
         cap = self.config.logit_softcap
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
-        return (logits, new_states) if return_states else logits
+        return logits
+
+    def head_loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = self.head(x)
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        logits = self(idx)
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return self.head_loss(self.hidden(idx)[0], targets, reduction)
 
     def row_groups(self) -> dict[str, list[tuple[str, int, int]]]:
         """Row-role splits of fused projections (SSM in_proj), keyed by state_dict name."""

@@ -89,3 +89,41 @@ def test_baseline_int8_payload_is_the_challenge_baseline_s():
 
     qs = quantize_backbone(Backbone(BackboneConfig(), vocab_size=1024), QuantScheme(method="int8"))
     assert qs.payload_bytes == 17_178_912
+
+
+def test_regional_compile_shares_one_graph_per_block_kind_and_matches_eager(monkeypatch):
+    import functools
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    # aot_eager: Dynamo's graphs and guards without Inductor's minutes of C++ compilation on CPU
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    cfg = BackboneConfig(model_dim=64, layers="SSASSAS", num_heads=4, num_kv_heads=2, logit_softcap=30.0,
+                         ssm=SSMConfig(d_state=16, headdim=16, chunk_size=8))
+    lm = GolfLM(vocab_size=97, seq_len=24, backbone=cfg, compile=True, compile_regions=True)
+    for p in lm.parameters():  # zero-init projections would make every block the identity
+        torch.nn.init.normal_(p, std=0.05)
+    eager = GolfLM(vocab_size=97, seq_len=24, backbone=cfg)
+    eager.load_state_dict(lm.state_dict())
+    lm.configure_model()
+    x, y = torch.randint(0, 97, (2, 24)), torch.randint(0, 97, (2, 24))
+    for step in range(2):
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):  # the second step reuses every graph
+            loss = lm._train_loss(x, y)
+        ref = eager.model.loss(x, y)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+        loss.backward()
+        ref.backward()
+        for (name, p), q in zip(lm.named_parameters(), eager.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # seven blocks, two kinds: the first S block (x is x0), the other S blocks, the A blocks, and the head + loss
+    assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
+    assert not counters["graph_break"]
+    with torch.no_grad():
+        lm.eval()
+        eager.eval()
+        torch.testing.assert_close(lm._eval_forward(x), eager.model(x), rtol=1e-5, atol=1e-5)
