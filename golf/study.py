@@ -24,8 +24,9 @@ subprocesses. Studies:
 
 DIR gets ``study.json``, ``study.md``, PNG plots, ``configs/<arm>.yaml`` and ``runs/<arm>/version_0/`` (each fit's
 ``report.json``, ``metrics.csv``, ``model.golf``, and ``study_extra.json`` for variants and the compress analysis).
-An arm whose run directory already holds a report made from the same config is not trained again (``--fresh``
-retrains). ``--plan`` writes the configs and prints the arms without training.
+study.json and study.md are rewritten as each arm finishes (``"complete": false`` until the last), so a study cut off
+midway keeps the finished arms' tables and the validation curves of the others. An arm whose run directory already
+holds a report made from the same config is not trained again (``--fresh`` retrains). ``--plan`` writes the configs and prints the arms without training.
 """
 
 from __future__ import annotations
@@ -753,10 +754,10 @@ def arm_slots(args) -> list[list[str] | None]:
 
 
 def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path, args,
-                          slots: list[list[str] | None]) -> dict[str, dict[str, Any]]:
+                          slots: list[list[str] | None], on_done=None) -> dict[str, dict[str, Any]]:
     """Train arms as ``golf fit`` subprocesses, as many at once as there are slots (each arm alone on its GPUs); each
     arm's output goes to ``DIR/logs/<arm>.log``. Same budget per arm as one after another: the wall-clock budget
-    counts each arm's own training time."""
+    counts each arm's own training time. ``on_done(name, result)`` is called as each arm finishes."""
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for a in arms:
@@ -799,6 +800,8 @@ def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path
                 print(f"golf study: {name} finished (exit {code}, {seconds:.0f} s)", flush=True)
                 results[name] = {"exit_code": code, "reused": False, "wall_seconds_total": seconds,
                                  "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+                if on_done is not None:
+                    on_done(name, results[name])
                 if code in INTERRUPTED:
                     todo.clear()
     finally:
@@ -935,7 +938,11 @@ def plot_curves(arms: list[str], results: dict[str, Any], title: str, path: Path
     for name in arms:
         r = results.get(name) or {}
         curve, s = r.get("curve") or [], r.get("summary")
-        if not s:
+        if not s:  # training cut off or its finalization not done: the validation curve so far
+            if curve:
+                ax.plot([p["seconds"] for p in curve], [p["val_bpb"] for p in curve], marker="o", markersize=3,
+                        ls="--", label=f"{name} (not finished)")
+                any_line = True
             continue
         xs = [p["seconds"] for p in curve] + [s["train_seconds"]]
         ys = [p["val_bpb"] for p in curve] + [s["pre_bpb"]]
@@ -1038,14 +1045,15 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
 
     def arm_rows(names: list[str]) -> list[dict[str, Any]]:
         return [{"arm": n, "desc": arms[n].desc, **(results[n].get("summary") or {}),
-                 "exit_code": results[n].get("exit_code")} for n in names]
+                 "exit_code": results[n].get("exit_code"), "pending": bool(results[n].get("pending"))}
+                for n in names]
 
     def equal_tokens(names: list[str]) -> dict[str, Any] | None:
         """val BPB of every arm at the largest validation step all of them reached: a comparison at equal tokens,
         which CPU contention (a shared machine) cannot move, next to the equal-wall-clock one."""
         points = {n: {p["step"]: p for p in (results.get(n) or {}).get("curve") or []} for n in names}
         curves = {n: {k: p["val_bpb"] for k, p in c.items()} for n, c in points.items()}
-        if not curves or not all(curves.values()):
+        if not curves or not all(curves.values()) or not all(results[n].get("summary") for n in names):
             return None
         common = set.intersection(*(set(c) for c in curves.values()))
         if not common:
@@ -1112,6 +1120,7 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
     dev = study["device"]
     L = [f"# golf study ({study['created']})", "",
          f"`{' '.join(study['command'])}`", "",
+         *([] if study.get("complete", True) else ["**Partial: some arms have not finished yet.**", ""]),
          f"Device: {dev}. Budget: {study['budget_seconds']:g} s of training wall-clock per arm (golf's "
          f"WallClockBudget; validation and finalization not counted). Base config: `{study['base_config']}`. "
          f"BPB = val bits per byte on the full val split of each arm's data; 'post-quant' is the artifact read back "
@@ -1128,6 +1137,8 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
         for r in rows:
             if "parameters" in r:
                 out.append(_row_md(r[label_key], r, r.get("device", "?")))
+            elif r.get("pending"):
+                out.append(f"| {r[label_key]} | not finished (see its validation curve) |")
             else:
                 out.append(f"| {r[label_key]} | failed (exit {r.get('exit_code')}) |")
         return out
@@ -1251,6 +1262,55 @@ def _device_text(accelerator: str | None, devices: int | None, at_once: int = 0)
     return f"{devices or 1}× {name}{at}"
 
 
+def collect_result(arm: Arm, run: dict[str, Any] | None, out: Path, cfg_path: Path,
+                   earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """One arm's entry of study.json: how it ran (``pending`` if not yet), its report's summary, its validation
+    curve (also while its report is missing) and its extras."""
+    res = dict(run) if run is not None else {"exit_code": None, "pending": True}
+    rd = run_dir(out, arm.name)
+    if (rd / "report.json").is_file() and not res.get("pending"):
+        res["summary"] = summarize(json.loads((rd / "report.json").read_text()))
+    res["curve"] = read_curve(rd / "metrics.csv")
+    if (rd / "study_extra.json").is_file() and not res.get("pending"):
+        res["extra"] = json.loads((rd / "study_extra.json").read_text())
+    res.update(run_dir=str(rd), config=str(cfg_path), desc=arm.desc)
+    if res.get("reused") and earlier:  # keep the load averages of the run that made it
+        for k in ("wall_seconds_total", "loadavg_before", "loadavg_after"):
+            if k in earlier:
+                res[k] = earlier[k]
+    return res
+
+
+def write_plots(study: dict[str, Any], per_study: dict[str, list[str]], arms: dict[str, Arm],
+                results: dict[str, Any], out: Path, budget: float) -> list[str]:
+    plots: list[str] = []
+    try:
+        for s in ("arch", "vocab", "in_proj_optimizer"):
+            if s in per_study:
+                p = plot_curves(per_study[s], results, f"{s}: val BPB vs training wall-clock ({budget:g} s per arm)",
+                                out / f"bpb_vs_wallclock_{s}.png")
+                plots += [str(p)] if p else []
+        trained = [n for n in arms if (results.get(n) or {}).get("summary")]
+        p = plot_roles_by_arm(trained, results, out / "bytes_per_param_by_role.png")
+        plots += [str(p)] if p else []
+        gaps = [(n, results[n]["summary"]["quant_gap_bpb"]) for n in trained]
+        for s in ("protect", "calibration"):
+            for r in (study["studies"].get(s) or {}).get("arms", []):
+                if r["arm"] not in [g[0] for g in gaps]:
+                    gaps.append((r["arm"], r["quant_gap_bpb"]))
+        p = plot_quant_gaps(gaps, out / "quant_gap.png")
+        plots += [str(p)] if p else []
+        comp = (study["studies"].get("compress") or {}).get("analysis")
+        if comp:
+            for fn, name in ((plot_in_proj_groups, "compress_in_proj_groups.png"),
+                             (plot_remedies, "compress_remedies.png")):
+                p = fn(comp, out / name)
+                plots += [str(p)] if p else []
+    except ImportError:
+        print("golf study: matplotlib is not installed; no plots", file=sys.stderr)
+    return plots
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="golf study", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1322,81 +1382,49 @@ def main(argv: list[str] | None = None) -> int:
 
     slots = arm_slots(args)
     runs: dict[str, dict[str, Any]] = {}
+    prev = out / "study.json"
+    earlier = (json.loads(prev.read_text()).get("arms") or {}) if prev.is_file() else {}
+
+    def write_outputs(complete: bool) -> tuple[dict[str, Any], list[str]]:
+        """study.json, study.md and plots from every arm so far; written after each arm too, so that a study cut
+        off midway (a lost machine, a time limit) leaves the finished arms' tables and the others' curves."""
+        results = {a.name: collect_result(a, runs.get(a.name), out, cfg_paths[a.name], earlier.get(a.name))
+                   for a in arms.values()}
+        study: dict[str, Any] = {
+            "golf_study": 1,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "complete": complete,
+            "command": ["golf", "study", *(argv if argv is not None else sys.argv[2:])],
+            "budget_seconds": budget,
+            "base_config": str(base_path),
+            "device": _device_text("gpu" if args.gpus else args.accelerator or _get(base, "trainer.accelerator"),
+                                   args.devices, len(slots)),
+            "studies_run": studies,
+            "arms": results,
+        }
+        study["studies"] = build_study(per_study, arms, results, notes, args)
+        study["plots"] = write_plots(study, per_study, arms, results, out, budget)
+        (out / "study.json").write_text(json.dumps(study, indent=2, default=_json_default) + "\n")
+        write_markdown(study, out / "study.md")
+        return study, study["plots"]
+
     if slots:
-        runs = run_arms_concurrently(list(arms.values()), cfg_paths, out, args, slots)
+        runs.update(run_arms_concurrently(list(arms.values()), cfg_paths, out, args, slots,
+                                          on_done=lambda name, res: (runs.__setitem__(name, res),
+                                                                     write_outputs(False))))
     else:
         for a in arms.values():
             runs[a.name] = run_arm(a, cfg_paths[a.name], out, args)
             if runs[a.name]["exit_code"] in INTERRUPTED:
                 break
+            write_outputs(False)
     stopped = next((r["exit_code"] for r in runs.values() if r["exit_code"] in INTERRUPTED), None)
     if stopped is not None:  # golf fit was interrupted (Ctrl-C / SIGTERM): stop the study
         print(f"golf study: an arm was interrupted (exit {stopped}); stopping the study", file=sys.stderr)
         return stopped if stopped > 0 else 128 - stopped
 
-    results: dict[str, Any] = {}
-    for a in arms.values():
-        res = runs[a.name]
-        rd = run_dir(out, a.name)
-        if (rd / "report.json").is_file():
-            report = json.loads((rd / "report.json").read_text())
-            res["summary"] = summarize(report)
-            res["curve"] = read_curve(rd / "metrics.csv")
-        if (rd / "study_extra.json").is_file():
-            res["extra"] = json.loads((rd / "study_extra.json").read_text())
-        res["run_dir"] = str(rd)
-        res["config"] = str(cfg_paths[a.name])
-        res["desc"] = a.desc
-        prev = out / "study.json"
-        if res.get("reused") and prev.is_file():  # keep the load averages of the run that made it
-            old = (json.loads(prev.read_text()).get("arms") or {}).get(a.name) or {}
-            for k in ("wall_seconds_total", "loadavg_before", "loadavg_after"):
-                if k in old:
-                    res[k] = old[k]
-        results[a.name] = res
-
-    study: dict[str, Any] = {
-        "golf_study": 1,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": ["golf", "study", *(argv if argv is not None else sys.argv[2:])],
-        "budget_seconds": budget,
-        "base_config": str(base_path),
-        "device": _device_text("gpu" if args.gpus else args.accelerator or _get(base, "trainer.accelerator"),
-                               args.devices, len(arm_slots(args))),
-        "studies_run": studies,
-        "arms": results,
-    }
-    study["studies"] = build_study(per_study, arms, results, notes, args)
-
-    plots: list[str] = []
-    try:
-        for s in ("arch", "vocab", "in_proj_optimizer"):
-            if s in per_study:
-                p = plot_curves(per_study[s], results, f"{s}: val BPB vs training wall-clock ({budget:g} s per arm)",
-                                out / f"bpb_vs_wallclock_{s}.png")
-                plots += [str(p)] if p else []
-        trained = [n for n in arms if (results.get(n) or {}).get("summary")]
-        p = plot_roles_by_arm(trained, results, out / "bytes_per_param_by_role.png")
-        plots += [str(p)] if p else []
-        gaps = [(n, results[n]["summary"]["quant_gap_bpb"]) for n in trained]
-        for s in ("protect", "calibration"):
-            for r in (study["studies"].get(s) or {}).get("arms", []):
-                if r["arm"] not in [g[0] for g in gaps]:
-                    gaps.append((r["arm"], r["quant_gap_bpb"]))
-        p = plot_quant_gaps(gaps, out / "quant_gap.png")
-        plots += [str(p)] if p else []
-        comp = (study["studies"].get("compress") or {}).get("analysis")
-        if comp:
-            for fn, name in ((plot_in_proj_groups, "compress_in_proj_groups.png"),
-                             (plot_remedies, "compress_remedies.png")):
-                p = fn(comp, out / name)
-                plots += [str(p)] if p else []
-    except ImportError:
-        print("golf study: matplotlib is not installed; no plots", file=sys.stderr)
-    study["plots"] = plots
-    (out / "study.json").write_text(json.dumps(study, indent=2, default=_json_default) + "\n")
-    write_markdown(study, out / "study.md")
-    failed = [n for n, r in results.items() if r.get("exit_code")]
+    study, plots = write_outputs(True)
+    failed = [n for n, r in study["arms"].items() if r.get("exit_code")]
     print(f"golf study: wrote {out / 'study.json'}, {out / 'study.md'} and {len(plots)} plot(s)"
           + (f"; FAILED arms: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

@@ -85,13 +85,22 @@ def test_study_arch_and_protect_end_to_end(tmp_path, tiny_data):
     assert all(a["reused"] for a in again["arms"].values())
 
 
-def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_data):
+def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_data, monkeypatch):
+    import golf.study
+
+    written = []  # every study.md written: after each finished arm (partial), then the final one
+    real = golf.study.write_markdown
+    monkeypatch.setattr(golf.study, "write_markdown", lambda study, path: (
+        written.append((study["complete"], sorted(n for n, r in study["arms"].items() if r.get("pending")))),
+        real(study, path)))
     cfg = _study_config(tmp_path, tiny_data)
     out = tmp_path / "study"
     code = main(["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "2", "--warmup-steps", "1",
                  "--studies", "arch", "--parallel", "2"])
     assert code == 0
     study = json.loads((out / "study.json").read_text())
+    assert study["complete"] and written[-1] == (True, [])
+    assert written[0][0] is False and len(written[0][1]) == 1  # the first arm done, the other still pending
     assert "2 arms at once" in study["device"]
     t, h = study["studies"]["arch"]["arms"]
     for row in (t, h):
