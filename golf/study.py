@@ -765,6 +765,8 @@ def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path
             print(f"golf study: {a.name}: reusing {run_dir(out, a.name) / 'report.json'} (same config; --fresh "
                   "retrains)", flush=True)
             results[a.name] = {"exit_code": 0, "reused": True}
+            if on_done is not None:
+                on_done(a.name, results[a.name])
         else:
             todo.append(a)
     logs = out / "logs"

@@ -101,6 +101,11 @@ def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_
     study = json.loads((out / "study.json").read_text())
     assert study["complete"] and written[-1] == (True, [])
     assert written[0][0] is False and len(written[0][1]) == 1  # the first arm done, the other still pending
+    written.clear()  # a second call reuses both arms, and no write shows a reused arm as pending
+    assert main(["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "2", "--warmup-steps", "1",
+                 "--studies", "arch", "--parallel", "2"]) == 0
+    assert written[-1] == (True, []) and len(written[-2][1]) <= 1
+    assert all(r["reused"] for r in json.loads((out / "study.json").read_text())["arms"].values())
     assert "2 arms at once" in study["device"]
     t, h = study["studies"]["arch"]["arms"]
     for row in (t, h):
