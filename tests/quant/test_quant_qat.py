@@ -92,9 +92,12 @@ def test_fake_quant_param_mirrors_row_group_export():
     assert fake_quant_param(small, name, scheme, 1.0, [("z", 0, 8), ("dd_A", 8, 16)]) is small
 
 
-def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_recompile():
+@pytest.mark.parametrize("regions", [False, True], ids=["whole_model", "regional"])
+def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_recompile(regions, monkeypatch):
     """The H100 run that found it: protect globs were matched (fnmatch) inside the compiled forward, which Dynamo
-    cannot trace. LateQAT now resolves them before compiling; the compiled loss matches eager in both modes."""
+    cannot trace. LateQAT now resolves them before compiling; the compiled loss matches eager in both modes, with the
+    whole model compiled or each block on its own (model.compile_regions)."""
+    import functools
     from types import SimpleNamespace
 
     from golf.callbacks import LateQAT
@@ -104,7 +107,7 @@ def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_rec
     torch.manual_seed(7)
     backbone = BackboneConfig(model_dim=64, layers="SA", num_heads=2, num_kv_heads=1,
                               ssm=SSMConfig(d_state=16, headdim=16, chunk_size=16))
-    lm = GolfLM(vocab_size=128, seq_len=32, backbone=backbone)
+    lm = GolfLM(vocab_size=128, seq_len=32, backbone=backbone, compile=True, compile_regions=regions)
     with torch.no_grad():  # zero-initialised output projections would hide the fake quantization
         for p in lm.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -114,7 +117,11 @@ def test_late_qat_with_protect_patterns_compiles_fullgraph_and_flips_without_rec
     qat.on_fit_start(SimpleNamespace(callbacks=[]), lm)
     x = torch.randint(0, 128, (2, 32))
     y = torch.randint(0, 128, (2, 32))
-    compiled = torch.compile(lm.model.loss, fullgraph=True, dynamic=False, backend="aot_eager")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    lm.configure_model()
+    compiled = lm._train_loss
+    compiled(x, y)  # the first call compiles (regional: one graph per block kind, each a "recompile" of _run_block)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for mix in (0.0, 1.0):
             qat.mix.fill_(mix)
