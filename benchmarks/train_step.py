@@ -9,7 +9,8 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
-torch.profiler summary of one bare-loop step (top GPU kernels and their share of GPU time).
+torch.profiler summary of one bare-loop step (top GPU kernels and their share of GPU time); --cold-compile
+empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
 
 Rows per config, at the config's global batch (524,288 tokens at seq 1024 for the baseline, 1,048,576 at seq 4096
 for the hybrids) on one GPU, grad accumulation 8 as in the challenge:
@@ -31,12 +32,15 @@ bf16 peak (989 TFLOP/s for H100 SXM, 989 for H200).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -263,6 +267,13 @@ def run_rows(args) -> list[dict]:
         vocab = 8192 if "8192" in config else 1024
         data_dir = args.data_sp8192 if vocab == 8192 else args.data_sp1024
         fpt = None
+        if args.cold_compile:  # empty Inductor and Triton caches: the config's first row pays a cold compile
+            for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+                os.environ[var] = tempfile.mkdtemp(prefix=f"golf_{var.split('_')[0].lower()}_")
+                atexit.register(shutil.rmtree, os.environ[var], ignore_errors=True)
+            import torch._dynamo
+
+            torch._dynamo.reset()
         for kind in args.rows:
             t0 = time.perf_counter()
             try:
@@ -304,7 +315,8 @@ def run_concurrently(args) -> list[dict]:
         out = args.out.with_name(f"{args.out.stem}.{re.sub(r'[^A-Za-z0-9_]+', '_', Path(config).stem)}.json")
         cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
-               "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out), *(["--profile"] if args.profile else [])]
+               "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out),
+               *(["--profile"] if args.profile else []), *(["--cold-compile"] if args.cold_compile else [])]
         log = open(out.with_suffix(".log"), "w")
         procs.append((out, log, subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)),
                                                   stdout=log, stderr=subprocess.STDOUT)))
@@ -368,6 +380,8 @@ def main() -> None:
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
     ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one bare-loop step")
+    ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "
+                    "its first row's compile column is a cold start (later rows of the config reuse that cache)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")
     args = ap.parse_args()
     if args.devices > 1 and args.rows != ["golf"]:
