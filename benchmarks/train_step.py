@@ -398,7 +398,6 @@ def main() -> None:
                commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=REPO).stdout.strip() or os.environ.get("GOLF_COMMIT", "unknown"),
                steps=args.steps, warmup=args.warmup, concurrent_gpus=args.gpus, rows=rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 

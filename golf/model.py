@@ -4,7 +4,6 @@ accumulation inside one training_step, one Muon+Adam step, a wall-clock-based LR
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -169,13 +168,15 @@ class GolfLM(pl.LightningModule):
 
     # -- compile and warm-up ---------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.compile and not self._compiled and self.compile_regions:
+        if not self.compile or self._compiled:
+            return
+        if self.compile_regions:
             block = torch.compile(_run_block, fullgraph=True, dynamic=False)
             head_loss = torch.compile(self.model.head_loss, fullgraph=True, dynamic=False)
             head = torch.compile(self.model.head, fullgraph=True, dynamic=False)
             self._compiled["loss"] = lambda x, y: head_loss(self.model.hidden(x, run_block=block)[0], y)
             self._compiled["forward"] = lambda x: head(self.model.hidden(x, run_block=block)[0])
-        elif self.compile and not self._compiled:
+        else:
             self._compiled["loss"] = torch.compile(self.model.loss, fullgraph=True, dynamic=False)
             self._compiled["forward"] = torch.compile(self.model, fullgraph=True, dynamic=False)
 

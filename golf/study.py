@@ -26,7 +26,8 @@ DIR gets ``study.json``, ``study.md``, PNG plots, ``configs/<arm>.yaml`` and ``r
 ``report.json``, ``metrics.csv``, ``model.golf``, and ``study_extra.json`` for variants and the compress analysis).
 study.json and study.md are rewritten as each arm finishes (``"complete": false`` until the last), so a study cut off
 midway keeps the finished arms' tables and the validation curves of the others. An arm whose run directory already
-holds a report made from the same config is not trained again (``--fresh`` retrains). ``--plan`` writes the configs and prints the arms without training.
+holds a report made from the same config is not trained again (``--fresh`` retrains). ``--plan`` writes the configs
+and prints the arms without training.
 """
 
 from __future__ import annotations
@@ -686,12 +687,31 @@ def run_dir(out: Path, arm: str) -> Path:
     return out / "runs" / arm / "version_0"
 
 
-def _reusable(arm: Arm, cfg_path: Path, out: Path, args) -> bool:
+def _reused(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any] | None:
+    """The result of an arm whose run directory already holds a report made from the same config, else None."""
     rd = run_dir(out, arm.name)
     saved = rd / "study_config.yaml"
-    return (not args.fresh and (rd / "report.json").is_file() and saved.is_file()
-            and saved.read_text() == cfg_path.read_text()
-            and (not (arm.variants or arm.compress) or (rd / "study_extra.json").is_file()))
+    if (args.fresh or not (rd / "report.json").is_file() or not saved.is_file()
+            or saved.read_text() != cfg_path.read_text()
+            or ((arm.variants or arm.compress) and not (rd / "study_extra.json").is_file())):
+        return None
+    print(f"golf study: {arm.name}: reusing {rd / 'report.json'} (same config; --fresh retrains)", flush=True)
+    return {"exit_code": 0, "reused": True}
+
+
+def _fresh_run_dir(arm: Arm, out: Path) -> None:
+    rd = run_dir(out, arm.name)
+    if rd.exists():
+        shutil.rmtree(rd)
+
+
+def _finished(arm: Arm, cfg_path: Path, out: Path, code: int, t0: float, load0: tuple) -> dict[str, Any]:
+    """The result of an arm that just ran; its run directory keeps the config it was trained from (for reuse)."""
+    rd = run_dir(out, arm.name)
+    if rd.is_dir():
+        shutil.copyfile(cfg_path, rd / "study_config.yaml")
+    return {"exit_code": code, "reused": False, "wall_seconds_total": time.perf_counter() - t0,
+            "loadavg_before": load0, "loadavg_after": os.getloadavg()}
 
 
 def _arm_env(args, gpus: list[str] | None = None, at_once: int = 1) -> dict[str, str]:
@@ -713,12 +733,10 @@ def _fit_command(cfg_path: Path) -> list[str]:
 
 def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
     """Train one arm in this process (or as a subprocess for DDP / ``--subprocess``) unless it can be reused."""
-    rd = run_dir(out, arm.name)
-    if _reusable(arm, cfg_path, out, args):
-        print(f"golf study: {arm.name}: reusing {rd / 'report.json'} (same config; --fresh retrains)", flush=True)
-        return {"exit_code": 0, "reused": True}
-    if rd.exists():
-        shutil.rmtree(rd)
+    reused = _reused(arm, cfg_path, out, args)
+    if reused is not None:
+        return reused
+    _fresh_run_dir(arm, out)
     print(f"golf study: training {arm.name} ({arm.desc})", flush=True)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -733,11 +751,7 @@ def run_arm(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any]:
             code = golf_main(["fit", "--config", str(cfg_path)])
         except SystemExit as e:  # argument errors from jsonargparse
             code = e.code if isinstance(e.code, int) else 2
-    seconds = time.perf_counter() - t0
-    if rd.is_dir():
-        shutil.copyfile(cfg_path, rd / "study_config.yaml")
-    return {"exit_code": code, "reused": False, "wall_seconds_total": seconds,
-            "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+    return _finished(arm, cfg_path, out, code, t0, load0)
 
 
 def arm_slots(args) -> list[list[str] | None]:
@@ -746,7 +760,8 @@ def arm_slots(args) -> list[list[str] | None]:
     if args.gpus:
         per = max(1, args.devices or 1)
         if len(args.gpus) % per:
-            raise GolfError(f"golf study: --gpus lists {len(args.gpus)} GPU(s), not a multiple of --devices {per}")
+            raise GolfError(f"golf study: --gpus lists {len(args.gpus)} GPU(s), not a multiple of --devices {per}; "
+                            f"list {per} GPU ids per arm slot")
         return [args.gpus[i:i + per] for i in range(0, len(args.gpus), per)]
     if args.parallel and args.parallel > 1:
         return [None] * args.parallel
@@ -761,55 +776,48 @@ def run_arms_concurrently(arms: list[Arm], cfg_paths: dict[str, Path], out: Path
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for a in arms:
-        if _reusable(a, cfg_paths[a.name], out, args):
-            print(f"golf study: {a.name}: reusing {run_dir(out, a.name) / 'report.json'} (same config; --fresh "
-                  "retrains)", flush=True)
-            results[a.name] = {"exit_code": 0, "reused": True}
-            if on_done is not None:
-                on_done(a.name, results[a.name])
-        else:
+        reused = _reused(a, cfg_paths[a.name], out, args)
+        if reused is None:
             todo.append(a)
+            continue
+        results[a.name] = reused
+        if on_done is not None:
+            on_done(a.name, reused)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     free = list(slots)
-    running: dict[str, tuple[subprocess.Popen, list[str] | None, float, tuple, Any]] = {}
+    running: dict[str, tuple[Arm, subprocess.Popen, list[str] | None, float, tuple, Any]] = {}
     try:
         while todo or running:
             while todo and free:
                 a, slot = todo.pop(0), free.pop(0)
-                rd = run_dir(out, a.name)
-                if rd.exists():
-                    shutil.rmtree(rd)
+                _fresh_run_dir(a, out)
                 where = f"GPU {','.join(slot)}" if slot is not None else "CPU"
                 print(f"golf study: training {a.name} ({a.desc}) on {where}; log {logs / (a.name + '.log')}",
                       flush=True)
                 log = open(logs / f"{a.name}.log", "w")
                 proc = subprocess.Popen(_fit_command(cfg_paths[a.name]), env=_arm_env(args, slot, len(slots)),
                                         stdout=log, stderr=subprocess.STDOUT)
-                running[a.name] = (proc, slot, time.perf_counter(), os.getloadavg(), log)
+                running[a.name] = (a, proc, slot, time.perf_counter(), os.getloadavg(), log)
             time.sleep(0.5)
-            for name, (proc, slot, t0, load0, log) in list(running.items()):
+            for name, (a, proc, slot, t0, load0, log) in list(running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 log.close()
                 del running[name]
                 free.append(slot)
-                rd = run_dir(out, name)
-                if rd.is_dir():
-                    shutil.copyfile(cfg_paths[name], rd / "study_config.yaml")
-                seconds = time.perf_counter() - t0
-                print(f"golf study: {name} finished (exit {code}, {seconds:.0f} s)", flush=True)
-                results[name] = {"exit_code": code, "reused": False, "wall_seconds_total": seconds,
-                                 "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+                results[name] = _finished(a, cfg_paths[name], out, code, t0, load0)
+                print(f"golf study: {name} finished (exit {code}, {results[name]['wall_seconds_total']:.0f} s)",
+                      flush=True)
                 if on_done is not None:
                     on_done(name, results[name])
                 if code in INTERRUPTED:
                     todo.clear()
     finally:
-        for proc, *_ in running.values():  # interrupted: no arm outlives the study
+        for _, proc, *_ in running.values():  # interrupted: no arm outlives the study
             proc.terminate()
-        for proc, *_ in running.values():
+        for _, proc, *_ in running.values():
             proc.wait()
     return {a.name: results[a.name] for a in arms if a.name in results}
 
@@ -1342,6 +1350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    slots = arm_slots(args)
     base_path = Path(args.config)
     if not base_path.is_file():
         raise GolfError(f"{base_path}: base config not found; pass --config BASE.yaml (e.g. {DEFAULT_CONFIG})")
@@ -1382,7 +1391,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {a.name}: {count_parameters(a.config):,} parameters -> {cfg_paths[a.name]}")
         return 0
 
-    slots = arm_slots(args)
     runs: dict[str, dict[str, Any]] = {}
     prev = out / "study.json"
     earlier = (json.loads(prev.read_text()).get("arms") or {}) if prev.is_file() else {}

@@ -182,3 +182,9 @@ def test_one_rank_raising_makes_every_rank_exit(tmp_path, tiny_data):
     assert r.returncode != 0
     assert time.time() - t0 < 120
     assert "planted failure on rank 1" in r.stderr
+
+
+def test_study_gpus_not_a_multiple_of_devices(tmp_path):
+    result = run_golf(["study", "--out", str(tmp_path / "study"), "--plan", "--gpus", "0", "1", "2", "--devices", "2"],
+                      cwd=REPO)
+    assert_one_line_error(result, "--gpus lists 3 GPU(s), not a multiple of --devices 2", "list 2 GPU ids per arm")
