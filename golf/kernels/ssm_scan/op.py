@@ -1,11 +1,14 @@
-"""The GLA core as ``torch.library`` custom ops (``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``) and the public
-Mamba-3 SISO entry point :func:`mamba3_siso`.
+"""The GLA core and the Mamba-3 prologue as ``torch.library`` custom ops, and the public Mamba-3 SISO entry point
+:func:`mamba3_siso`.
 
-The ops run the Triton kernels of ``triton_chunk.py`` on CUDA tensors and fall back to the chunked PyTorch reference
-on any other device, so the op, its fake (meta) functions and ``torch.compile(fullgraph=True)`` can be exercised on
-CPU. Each op is opaque to Dynamo/Inductor: no graph break, one graph, and the elementwise prologue/epilogue around
-it (bias, rotation, angle cumsum, trapezoid weights, diagonal correction, D, z gate) is plain PyTorch that Inductor
-fuses.
+* ``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``: the chunked GLA core (``triton_chunk.py``).
+* ``golf::mamba3_prologue_fwd`` / ``golf::mamba3_prologue_bwd``: bias, angle cumsum, rotation, trapezoid weights and
+  the diagonal term, fused (``triton_prologue.py``); used on the training path (no initial state, no final state).
+
+The ops run the Triton kernels on CUDA tensors and fall back to the PyTorch references on any other device, so the
+ops, their fake (meta) functions and ``torch.compile(fullgraph=True)`` can be exercised on CPU. Each op is opaque to
+Dynamo/Inductor: no graph break, one graph; the epilogue (diagonal correction, D, z gate), and the prologue of the
+stateful calls, are plain PyTorch that Inductor fuses.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from torch import Tensor
 
 from golf.kernels.ssm_scan.reference import (
     Mamba3State,
+    _compute_dtype,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
     mamba3_final_state,
+    mamba3_prologue_reference,
+    mamba3_prologue_reference_bwd,
     mamba3_siso_chunked,
     mamba3_siso_epilogue,
     mamba3_siso_prologue,
     mamba3_siso_recurrent,
 )
 
-__all__ = ["gla_chunk", "mamba3_siso"]
+__all__ = ["gla_chunk", "mamba3_prologue", "mamba3_siso"]
 
 BACKENDS = ("auto", "triton", "reference", "recurrent")
 
@@ -122,6 +128,83 @@ def gla_chunk(
     return _gla_chunk_fwd(q, k, v, log_decay, initial_state, chunk_size)
 
 
+def _prologue_on_triton(*tensors: Tensor) -> bool:
+    """The Triton prologue kernels compute in fp32: CUDA tensors, no fp64 (fp64 takes the reference)."""
+    return tensors[0].is_cuda and all(t.dtype != torch.float64 for t in tensors)
+
+
+@torch.library.custom_op("golf::mamba3_prologue_fwd", mutates_args=())
+def _mamba3_prologue_fwd(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    if _prologue_on_triton(q, k, dt, trap, q_bias, k_bias, angles):
+        from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_fwd_triton
+
+        with torch.cuda.device(q.device):
+            return mamba3_prologue_fwd_triton(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
+    with torch.no_grad():
+        q_rot, k_w, diag = mamba3_prologue_reference(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
+    return q_rot.contiguous(), k_w.contiguous(), diag.contiguous()
+
+
+@_mamba3_prologue_fwd.register_fake
+def _(q, k, dt, trap, q_bias, k_bias, angles, out_dtype):
+    b, t, h = dt.shape
+    q_rot = q.new_empty((b, t, h, q.shape[-1]), dtype=out_dtype)
+    return q_rot, torch.empty_like(q_rot), dt.new_empty((b, t, h), dtype=_compute_dtype(q, k, dt))
+
+
+@torch.library.custom_op("golf::mamba3_prologue_bwd", mutates_args=())
+def _mamba3_prologue_bwd(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    inputs = (q, k, dt, trap, q_bias, k_bias, angles)
+    if _prologue_on_triton(*inputs, dq_rot, dk_w):
+        from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton
+
+        with torch.cuda.device(q.device):
+            grads = mamba3_prologue_bwd_triton(*inputs, dq_rot, dk_w, ddiag)
+    else:
+        grads = mamba3_prologue_reference_bwd(*inputs, dq_rot, dk_w, ddiag)
+    return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, inputs))
+
+
+@_mamba3_prologue_bwd.register_fake
+def _(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w, ddiag):
+    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, dt, trap, q_bias, k_bias, angles))
+
+
+def _prologue_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:7])
+
+
+def _prologue_backward(ctx, dq_rot: Tensor | None, dk_w: Tensor | None, ddiag: Tensor | None):
+    q, k, dt, trap, q_bias, k_bias, angles = ctx.saved_tensors
+    shape = (*dt.shape, q.shape[-1])
+    dq_rot = dq_rot if dq_rot is not None else q.new_zeros(shape)
+    dk_w = dk_w if dk_w is not None else torch.zeros_like(dq_rot)
+    return (*_mamba3_prologue_bwd(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w.to(dq_rot.dtype), ddiag), None)
+
+
+_mamba3_prologue_fwd.register_autograd(_prologue_backward, setup_context=_prologue_setup_context)
+
+
+def mamba3_prologue(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Fused Mamba-3 prologue without initial state (the ``golf::mamba3_prologue_fwd`` op, differentiable).
+
+    Args: q, k ``[B, T, G, N]`` (G = 1 or H), dt, trap ``[B, T, H]`` fp32, q_bias, k_bias ``[H, N]``,
+    angles ``[B, T, H, R]`` (any strides), out_dtype: the GLA kernels' operand dtype.
+    Returns: q~ and k~ w ``[B, T, H, N]`` in ``out_dtype`` (the GLA core's q, k), diag ``[B, T, H]`` fp32 (fp64 for
+    fp64 inputs); equal to ``Mamba3Prologue.q, .k, .diag`` of the reference.
+    """
+    return _mamba3_prologue_fwd(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # public op
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,8 +279,10 @@ def mamba3_siso(
         initial_state: a :class:`Mamba3State` from an earlier call, or None (zeros).
         chunk_size: chunk length of the chunked algorithms (16/32/64/128 for Triton).
         return_final_state: also return the :class:`Mamba3State` after the last step.
-        backend: ``"triton"``: the ``golf::gla_chunk_*`` custom ops (Triton kernels on CUDA; on other devices the
-            ops fall back to the chunked reference, so this path compiles and runs on CPU too); ``"reference"``: the
+        backend: ``"triton"``: the ``golf::gla_chunk_*`` custom ops, with the fused ``golf::mamba3_prologue_*``
+            ops when there is no initial state and no final state is asked for (training; the stateful calls keep the
+            PyTorch prologue, which also gives the final angle and k~_T). Triton kernels on CUDA; on other devices
+            the ops fall back to the PyTorch references, so this path compiles and runs on CPU too. ``"reference"``: the
             chunked pure-PyTorch form (differentiable, Inductor-compilable); ``"recurrent"``: the step-by-step
             definition (slow); ``"auto"``: ``"triton"`` on CUDA tensors, ``"reference"`` otherwise.
     Returns:
@@ -223,11 +308,17 @@ def mamba3_siso(
     elif backend == "reference":
         y, state = mamba3_siso_chunked(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, initial_state, chunk_size)
     else:
-        pro = mamba3_siso_prologue(q, k, v, adt, dt, trap, q_bias, k_bias, angles, initial_state)
         # the kernels take q, k, v in one dtype (v's): bf16 operands for bf16 models, fp32 stays fp32
-        kd = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else pro.q.dtype
+        cd = _compute_dtype(q, k, v, adt)
+        kd = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else cd
+        if initial_state is None and not return_final_state:  # training: fused prologue op
+            q_rot, k_w, diag = mamba3_prologue(q, k, dt, trap, q_bias, k_bias, angles, kd)
+            o, _ = gla_chunk(q_rot, k_w, v.to(kd), adt.float(), None, chunk_size)
+            return mamba3_siso_epilogue(o, v, diag.to(cd), D, z)
+        # stateful calls (initial state in, or final state out): the PyTorch prologue, which also yields theta, k~_T
+        pro = mamba3_siso_prologue(q, k, v, adt, dt, trap, q_bias, k_bias, angles, initial_state)
         o, ssm = gla_chunk(pro.q.to(kd), pro.k.to(kd), v.to(kd), pro.log_decay.float(),
                            None if pro.initial_state is None else pro.initial_state.float(), chunk_size)  # fmt: skip
-        y = mamba3_siso_epilogue(o, v, pro, D, z)
+        y = mamba3_siso_epilogue(o, v, pro.diag, D, z)
         state = mamba3_final_state(pro, ssm.to(pro.q.dtype), v) if return_final_state else None
     return (y, state) if return_final_state else y

@@ -62,6 +62,8 @@ __all__ = [
     "gla_chunked_reference",
     "gla_chunked_reference_bwd",
     "gla_recurrent_reference",
+    "mamba3_prologue_reference",
+    "mamba3_prologue_reference_bwd",
     "mamba3_siso_chunked",
     "mamba3_siso_recurrent",
 ]
@@ -303,13 +305,61 @@ def mamba3_siso_prologue(
     return Mamba3Prologue(q_rot, k_rot * w[..., None], adt.to(cd), s0, diag, theta, k_rot[:, -1])
 
 
-def mamba3_siso_epilogue(
-    o: Tensor, v: Tensor, pro: Mamba3Prologue, D: Tensor | None, z: Tensor | None
-) -> Tensor:
-    """``y = (o - diag v + D v) * silu(z)``, computed in the prologue's dtype, returned in v's dtype."""
-    cd = pro.diag.dtype
+def mamba3_prologue_reference(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The prologue without initial state, as the fused Triton kernels compute it: ``(q~, k~ w)`` cast to
+    ``out_dtype`` and diag in fp32 (fp64 for fp64 inputs)."""
+    pro = mamba3_siso_prologue(q, k, q, dt, dt, trap, q_bias, k_bias, angles)  # (v, adt) = (q, dt) only set the dtype
+    return pro.q.to(out_dtype), pro.k.to(out_dtype), pro.diag
+
+
+def _pair_cross(g: Tensor, y: Tensor, r: int) -> Tensor:
+    """``g1 y0 - g0 y1`` for the first r pairs: the theta-derivative of ``g . rot(x, theta)`` with ``y = rot(x)``."""
+    g2, y2 = g[..., : 2 * r].unflatten(-1, (r, 2)), y[..., : 2 * r].unflatten(-1, (r, 2))
+    return g2[..., 1] * y2[..., 0] - g2[..., 0] * y2[..., 1]
+
+
+def mamba3_prologue_reference_bwd(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Explicit backward of :func:`mamba3_prologue_reference` (the algorithm of the Triton backward, in PyTorch).
+
+    Returns ``(dq, dk, ddt, dtrap, dq_bias, dk_bias, dangles)`` shaped like the inputs, in fp32 (fp64 for fp64 inputs).
+    """
+    cd = _compute_dtype(q, k, dt)
+    dt_, trap_ = dt.to(cd), trap.to(cd)
+    theta = torch.cumsum(dt_[..., None] * angles.to(cd), dim=1)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    qb, kb = q.to(cd) + q_bias.to(cd), k.to(cd) + k_bias.to(cd)
+    q_rot, k_rot = _rotate(qb, cos, sin), _rotate(kb, cos, sin)
+    bn = F.pad(((1.0 - trap_) * dt_)[:, 1:], (0, 0, 0, 1))  # (1 - lambda_{t+1}) Delta_{t+1}
+    w = trap_ * dt_ + bn
+    gq, gk = dq_rot.to(cd), dk_w.to(cd)
+    gd = ddiag.to(cd) if ddiag is not None else torch.zeros_like(dt_)
+    gkr = gk * w[..., None]  # gradient of the rotated k
+    dw = (gk * k_rot).sum(-1)
+    dqb = _rotate(gq, cos, -sin) + (gd * bn)[..., None] * kb  # rotation by -theta is the transpose
+    dkb = _rotate(gkr, cos, -sin) + (gd * bn)[..., None] * qb
+    r = angles.shape[-1]
+    rc = (_pair_cross(gq, q_rot, r) + _pair_cross(gkr, k_rot, r)).flip(1).cumsum(1).flip(1)  # sum_{s>=t} dtheta_s
+    dbn_prev = F.pad((dw + gd * (qb * kb).sum(-1))[:, :-1], (0, 0, 1, 0))  # gradient of bn_{t-1}
+    ddt = dw * trap_ + dbn_prev * (1.0 - trap_) + (rc * angles.to(cd)).sum(-1)
+    dtrap = (dw - dbn_prev) * dt_
+    if q.shape[2] == 1:  # q, k shared by the heads
+        dq, dk = dqb.sum(2, keepdim=True), dkb.sum(2, keepdim=True)
+    else:
+        dq, dk = dqb, dkb
+    return dq, dk, ddt, dtrap, dqb.sum((0, 1)), dkb.sum((0, 1)), dt_[..., None] * rc
+
+
+def mamba3_siso_epilogue(o: Tensor, v: Tensor, diag: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """``y = (o - diag v + D v) * silu(z)``, computed in diag's dtype (fp32/fp64), returned in v's dtype."""
+    cd = diag.dtype
     vv = v.to(cd)
-    y = o.to(cd) - pro.diag[..., None] * vv
+    y = o.to(cd) - diag[..., None] * vv
     if D is not None:
         y = y + D.to(cd)[:, None] * vv
     if z is not None:
@@ -403,4 +453,4 @@ def mamba3_siso_chunked(
     """
     pro = mamba3_siso_prologue(q, k, v, adt, dt, trap, q_bias, k_bias, angles, initial_state)
     o, ssm = gla_chunked_reference(pro.q, pro.k, v.to(pro.q.dtype), pro.log_decay, pro.initial_state, chunk_size)
-    return mamba3_siso_epilogue(o, v, pro, D, z), mamba3_final_state(pro, ssm, v)
+    return mamba3_siso_epilogue(o, v, pro.diag, D, z), mamba3_final_state(pro, ssm, v)

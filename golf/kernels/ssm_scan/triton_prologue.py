@@ -1,0 +1,352 @@
+"""Triton forward and backward of the Mamba-3 SISO prologue on the training path (no initial state).
+
+Forward, per (b, t, h), in fp32 (math and PyTorch twin: ``mamba3_prologue_reference`` in ``reference.py``)::
+
+    theta_t = sum_{s<=t} dt_s angles_s                    qb = q + q_bias,  kb = k + k_bias
+    q~ = rot(qb, theta_t),  k~ = rot(kb, theta_t)          bn_t = (1 - trap_{t+1}) dt_{t+1}  (0 at t = T-1)
+    w_t = trap_t dt_t + bn_t                               diag_t = bn_t (qb . kb)
+    outputs: q~ and k~ w in the kernel dtype, diag fp32
+
+Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` tensor is 67 MB, the rest is small):
+
+* The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_carry`` (grid B*H, a loop over T
+  reading only dt and angles, CB T-blocks per step) writes theta at the start of every T-block of BT = 32 steps
+  (``[B, H, NT, N/2]`` fp32, 2 MB). It runs in the forward and again in the backward (recomputed, not saved).
+* The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 1024 programs at the shape
+  above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
+  T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
+  G = 1 q and k are read once per block and the head sums of dq, dk are accumulated in registers (deterministic,
+  no atomics, no per-head fp32 copies).
+* Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
+  cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the in-block reverse
+  cumsum (into the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) adds the sum of the
+  later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient crosses block edges).
+  Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a
+  sequential backward.
+* Rotation pairs (2j, 2j+1) are handled by loading contiguous ``[BT, N]`` rows and splitting them with
+  ``reshape + split`` (joined back before the store), so loads and stores stay contiguous. Theta is kept for all
+  N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0 (cos 1, sin 0).
+
+Bytes at the shape above, bf16, G = 1, R = 16, angles shared by heads (the module passes a stride-0 ``expand``; the
+kernels take angles' strides, so the view is never materialised): forward reads q, k (8 MB) + dt, trap, angles
+(~6 MB) and writes q~, k~w (134 MB) + diag (2 MB) -- about 150 MB. Backward reads dq~, dk~w (134 MB) + q, k (8 MB)
++ small, writes dq, dk (8 MB), writes the dangles buffer twice and reads it once (34 MB each), and writes per-block
+partials of the bias gradients (8 MB, summed over (B, NT) in PyTorch) -- about 270 MB. At ~3 TB/s that is ~50 us
+forward and ~90 us backward (estimates, not yet measured), against ~1.7 ms measured on an H100 for the Inductor code
+this replaces (bias, rotation, angle cumsums, forward + backward).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
+
+__all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
+
+# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops). Not tuned on a
+# GPU yet; the backward holds about twice the forward's live (BT, N) tiles, hence more warps.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _theta_carry(
+    dt, angles, carry,
+    T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr,
+):  # fmt: skip
+    """carry[b, h, c, j] = sum of dt * angles[..., j] over the steps before T-block c (0 for j >= R)."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    offs_j = tl.arange(0, NH)
+    m_j = offs_j < R
+    offs_c = tl.arange(0, CB)
+    offs_r = tl.arange(0, CB * BT)
+    b_carry = tl.zeros([NH], dtype=tl.float32)
+    for c0 in range(0, NT, CB):
+        rows = c0 * BT + offs_r
+        m_t = rows < T
+        b_dt = tl.load(dt + (i_b * T + rows) * H + i_h, mask=m_t, other=0.0)
+        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+        b_a = tl.load(angles + a_offs, mask=m_t[:, None] & m_j[None, :], other=0.0)
+        b_blk = tl.sum(tl.reshape(b_dt[:, None] * b_a, [CB, BT, NH]), axis=1)  # (CB, NH) block sums
+        b_start = tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :]
+        blocks = c0 + offs_c
+        tl.store(carry + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :], b_start, mask=(blocks < NT)[:, None])
+        b_carry += tl.sum(b_blk, axis=0)
+
+
+@triton.jit
+def _load_step(
+    dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+):  # fmt: skip
+    """Per-step scalars of one head: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, and cos/sin of theta (BT, NH)."""
+    offs = (i_b * T + rows) * H + i_h
+    b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
+    b_trap = tl.load(trap + offs, mask=m_t, other=0.0)
+    m_n = rows + 1 < T
+    b_bn = (1.0 - tl.load(trap + offs + H, mask=m_n, other=1.0)) * tl.load(dt + offs + H, mask=m_n, other=0.0)
+    offs_j = tl.arange(0, NH)
+    if HAS_ROT:
+        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+        b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
+        b_c0 = tl.load(carry + ((i_b * H + i_h) * NT + i_t) * NH + offs_j)
+        b_theta = tl.cumsum(b_dt[:, None] * b_a, axis=0) + b_c0[None, :]
+        b_cos, b_sin = tl.cos(b_theta), tl.sin(b_theta)
+    else:  # unused
+        b_cos = tl.full([BT, NH], 1.0, dtype=tl.float32)
+        b_sin = tl.zeros([BT, NH], dtype=tl.float32)
+    return b_dt, b_trap, b_bn, b_cos, b_sin
+
+
+@triton.jit
+def _rot(x, c, s, BT: tl.constexpr, NH: tl.constexpr):
+    """Rotate the adjacent pairs of the (BT, 2 NH) tile x by the angles of (c, s) = (cos, sin), each (BT, NH)."""
+    x0, x1 = tl.split(tl.reshape(x, [BT, NH, 2]))
+    return tl.reshape(tl.join(x0 * c - x1 * s, x0 * s + x1 * c), [BT, 2 * NH])
+
+
+@triton.jit
+def _pair_cross(g, y, BT: tl.constexpr, NH: tl.constexpr):
+    """Per pair: ``g1 y0 - g0 y1``, the theta-derivative of ``g . rot(x, theta)`` where ``y = rot(x, theta)``."""
+    g0, g1 = tl.split(tl.reshape(g, [BT, NH, 2]))
+    y0, y1 = tl.split(tl.reshape(y, [BT, NH, 2]))
+    return g1 * y0 - g0 * y1
+
+
+@triton.jit
+def _prologue_fwd(
+    q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag,
+    T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+):  # fmt: skip
+    i_t, i_bg = tl.program_id(0), tl.program_id(1)
+    i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
+    HPG: tl.constexpr = H // G
+    NH: tl.constexpr = N // 2
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
+    offs_n = tl.arange(0, N)
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    for i in range(HPG):
+        i_h = i_g * HPG + i
+        b_dt, b_trap, b_bn, b_cos, b_sin = _load_step(
+            dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar, H, R, NH, BT, HAS_ROT
+        )
+        b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
+        b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
+        b_w = b_trap * b_dt + b_bn
+        b_qr, b_kr = b_qb, b_kb
+        if HAS_ROT:
+            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
+        offs = (i_b * T + rows) * H + i_h
+        out_offs = offs[:, None] * N + offs_n[None, :]
+        tl.store(q_rot + out_offs, b_qr.to(q_rot.dtype.element_ty), mask=m_t[:, None])
+        tl.store(k_w + out_offs, (b_kr * b_w[:, None]).to(k_w.dtype.element_ty), mask=m_t[:, None])
+        tl.store(diag + offs, b_bn * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+
+
+@triton.jit
+def _prologue_bwd(
+    q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag,
+    dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
+    T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
+    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr,
+):  # fmt: skip
+    """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
+    ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
+    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
+    i_t, i_bg = tl.program_id(0), tl.program_id(1)
+    i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
+    HPG: tl.constexpr = H // G
+    NH: tl.constexpr = N // 2
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
+    offs_n = tl.arange(0, N)
+    offs_j = tl.arange(0, NH)
+    m_j = offs_j < R
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_dq = tl.zeros([BT, N], dtype=tl.float32)
+    b_dk = tl.zeros([BT, N], dtype=tl.float32)
+    for i in range(HPG):
+        i_h = i_g * HPG + i
+        b_dt, b_trap, b_bn, b_cos, b_sin = _load_step(
+            dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar, H, R, NH, BT, HAS_ROT
+        )
+        offs = (i_b * T + rows) * H + i_h
+        g_offs = offs[:, None] * N + offs_n[None, :]
+        b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        if HAS_DDIAG:
+            b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
+        else:
+            b_gd = tl.zeros([BT], dtype=tl.float32)
+        b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
+        b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
+        b_w = b_trap * b_dt + b_bn
+        b_gkr = b_gk * b_w[:, None]  # gradient of the rotated k
+        if HAS_ROT:
+            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
+            # transposed rotation (by -theta) of the gradients
+            b_dqb, b_dkb = _rot(b_gq, b_cos, -b_sin, BT, NH), _rot(b_gkr, b_cos, -b_sin, BT, NH)
+            b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
+            b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
+            b_rc = tl.cumsum(b_dth, axis=0, reverse=True)
+            tl.store(dang + offs[:, None] * R + offs_j[None, :], b_rc, mask=m_t[:, None] & m_j[None, :])
+            tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
+        else:
+            b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
+        b_dw = tl.sum(b_gk * b_kr, axis=1)
+        b_gdbn = b_gd * b_bn
+        b_dqb += b_gdbn[:, None] * b_kb
+        b_dkb += b_gdbn[:, None] * b_qb
+        b_dq += b_dqb
+        b_dk += b_dkb
+        tl.store(ddt + offs, b_dw * b_trap, mask=m_t)
+        tl.store(dtrap + offs, b_dw * b_dt, mask=m_t)
+        tl.store(dbn + offs, b_dw + b_gd * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
+        tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
+        tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
+    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+
+
+@triton.jit
+def _prologue_bwd_fix(
+    dt, trap, angles, dbn, dang, dang_blk, ddt, dtrap,
+    T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr, HAS_ROT: tl.constexpr,
+):  # fmt: skip
+    """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the angle carry from later blocks."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
+    offs = (i_b * T + rows) * H + i_h
+    b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
+    b_trap = tl.load(trap + offs, mask=m_t, other=0.0)
+    b_dbn_prev = tl.load(dbn + offs - H, mask=m_t & (rows > 0), other=0.0)
+    b_ddt = tl.load(ddt + offs, mask=m_t, other=0.0) + b_dbn_prev * (1.0 - b_trap)
+    b_dtrap = tl.load(dtrap + offs, mask=m_t, other=0.0) - b_dbn_prev * b_dt
+    if HAS_ROT:
+        offs_j = tl.arange(0, NH)
+        m_j = offs_j < R
+        offs_c = tl.arange(0, CB)
+        b_carry = tl.zeros([NH], dtype=tl.float32)
+        for c0 in range(i_t + 1, NT, CB):
+            blocks = c0 + offs_c
+            b_blk = tl.load(dang_blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :],
+                            mask=(blocks < NT)[:, None], other=0.0)  # fmt: skip
+            b_carry += tl.sum(b_blk, axis=0)
+        m_a = m_t[:, None] & m_j[None, :]
+        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+        b_a = tl.load(angles + a_offs, mask=m_a, other=0.0)
+        g_offs = offs[:, None] * R + offs_j[None, :]
+        b_rc = tl.load(dang + g_offs, mask=m_a, other=0.0) + b_carry[None, :]  # reverse cumsum over all of T
+        b_ddt += tl.sum(b_rc * b_a, axis=1)
+        tl.store(dang + g_offs, b_dt[:, None] * b_rc, mask=m_a)
+    tl.store(ddt + offs, b_ddt, mask=m_t)
+    tl.store(dtrap + offs, b_dtrap, mask=m_t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
+    """Contiguous fp32 side inputs (angles keep their strides: a stride-0 head ``expand`` is read as is)."""
+    g, n = q.shape[2:]
+    h, r = dt.shape[2], angles.shape[3]
+    if k.shape != q.shape or h % g or n & (n - 1) or n < 2 or 2 * r > n:
+        raise ValueError(f"Triton prologue: q, k (B, T, G, N), G | H, N a power of 2, R <= N/2; got q {tuple(q.shape)}"
+                         f" k {tuple(k.shape)} H {h} R {r}")  # fmt: skip
+    f32 = torch.float32
+    return (
+        q.contiguous(), k.contiguous(), dt.to(f32).contiguous(), trap.to(f32).contiguous(),
+        q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), angles.to(f32),
+    )  # fmt: skip
+
+
+def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
+    """theta at the start of every T-block, ``[B, H, NT, N/2]`` fp32 (a 1-element dummy when R == 0)."""
+    b, t, h, r = angles.shape
+    if r == 0:
+        return dt.new_zeros(1)
+    nt = triton.cdiv(t, bt)
+    carry = dt.new_empty(b, h, nt, n // 2)
+    _theta_carry[(b * h,)](
+        dt, angles, carry, t, nt, *angles.stride(), H=h, R=r, NH=n // 2, BT=bt, CB=cb,
+        num_warps=LAUNCH_CONFIG["num_warps"],
+    )  # fmt: skip
+    return carry
+
+
+def mamba3_prologue_fwd_triton(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Returns (q~ ``[B, T, H, N]``, k~ w ``[B, T, H, N]`` in ``out_dtype``, diag ``[B, T, H]`` fp32)."""
+    _interpreter_compat()
+    q, k, dt, trap, q_bias, k_bias, angles = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
+    b, t, g, n = q.shape
+    h, r = dt.shape[2], angles.shape[3]
+    bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
+    nt = triton.cdiv(t, bt)
+    carry = _theta_carries(dt, angles, n, bt, cb)
+    q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
+    k_w = torch.empty_like(q_rot)
+    diag = dt.new_empty(b, t, h)
+    _prologue_fwd[(nt, b * g)](
+        q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
+        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+    )  # fmt: skip
+    return q_rot, k_w, diag
+
+
+def mamba3_prologue_bwd_triton(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Returns (dq, dk ``[B, T, G, N]`` in q's/k's dtype; ddt, dtrap ``[B, T, H]``, dq_bias, dk_bias ``[H, N]``,
+    dangles ``[B, T, H, R]`` in fp32; the op casts them to the inputs' dtypes)."""
+    _interpreter_compat()
+    q, k, dt, trap, q_bias, k_bias, angles = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
+    b, t, g, n = q.shape
+    h, r = dt.shape[2], angles.shape[3]
+    bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
+    nt = triton.cdiv(t, bt)
+    carry = _theta_carries(dt, angles, n, bt, cb)
+    dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
+    ddiag = ddiag.float().contiguous() if ddiag is not None else None
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
+    dang = dt.new_empty(b, t, h, r)
+    dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
+    dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))
+    _prologue_bwd[(nt, b * g)](
+        q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
+        dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
+        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None,
+        num_warps=LAUNCH_CONFIG["bwd_num_warps"],
+    )  # fmt: skip
+    _prologue_bwd_fix[(nt, b * h)](
+        dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
+        H=h, R=r, NH=n // 2, BT=bt, CB=cb, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+    )  # fmt: skip
+    return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
