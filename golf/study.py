@@ -133,7 +133,13 @@ class StudyExtras(Callback):
         if base is None:
             raise GolfError("golf study: the arm's fit config has no golf.callbacks.Finalize; add one to the base "
                             "config")
-        out: dict[str, Any] = {"variants": {}, "compress": None}
+        out: dict[str, Any] = {"variants": {}, "compress": None, "complete": False}
+        path = base.out_dir / self.output
+
+        def write() -> None:  # after every export, so an arm cut off midway keeps the exports it finished
+            if trainer.is_global_zero:
+                path.write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
+
         for name, over in self.variants.items():
             t0 = time.perf_counter()
             fin = _variant_finalize(base, over, base.out_dir / "variants" / name)
@@ -149,10 +155,11 @@ class StudyExtras(Callback):
                 qs, _ = read_artifact(report["artifact"]["path"])
                 report["compressibility"] = {"by_role": lzma_by_role(qs), "compressors": ["lzma"]}
                 out["variants"][name] = {"overrides": over, "report": report, "seconds": time.perf_counter() - t0}
+                write()
         if self.compress:
             out["compress"] = compress_analysis(trainer, pl_module, base, self.sdclip_ks)
-        if trainer.is_global_zero:
-            (base.out_dir / self.output).write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
+        out["complete"] = True
+        write()
 
 
 def _variant_finalize(base, over: dict[str, Any], out_dir: Path):
@@ -226,6 +233,17 @@ def _lzma_len(data: bytes) -> int:
     return len(lzma.compress(data, format=lzma.FORMAT_XZ, filters=filters))
 
 
+def _lzma_lens(chunks: list[bytes]) -> list[int]:
+    """:func:`_lzma_len` of each chunk, on a thread pool of torch's thread count (CPython's lzma releases the GIL
+    while compressing; concurrent study arms split the cores through OMP_NUM_THREADS, which sets that count)."""
+    if len(chunks) < 2:
+        return [_lzma_len(c) for c in chunks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(torch.get_num_threads(), len(chunks)))) as pool:
+        return list(pool.map(_lzma_len, chunks))
+
+
 def _entropy_bits(codes: list[torch.Tensor]) -> tuple[float, int]:
     """Order-0 entropy (bits per code) of the pooled codes and the number of distinct code values used."""
     if not codes:
@@ -239,29 +257,36 @@ def _entropy_bits(codes: list[torch.Tensor]) -> tuple[float, int]:
 def lzma_by_role(qs) -> list[dict[str, Any]]:
     """``[{role, params, lzma_bytes}]``: each stored entry compressed alone (golf.report_compress's accounting)."""
     acc: dict[str, dict[str, Any]] = {}
+    entries, chunks = [], []
     for name, m, _ in qs.storage_entries():
         codes, other = _entry_parts(qs, name, m)
-        data = (_code_bytes(codes, "none") if codes is not None else b"") + other
+        entries.append(m)
+        chunks.append((_code_bytes(codes, "none") if codes is not None else b"") + other)
+    for m, n in zip(entries, _lzma_lens(chunks)):
         a = acc.setdefault(m.get("role", "other"), {"role": m.get("role", "other"), "params": 0, "lzma_bytes": 0})
         a["params"] += math.prod(m["shape"]) if m["shape"] else 1
-        a["lzma_bytes"] += _lzma_len(data)
+        a["lzma_bytes"] += n
     return list(acc.values())
 
 
-def role_streams(qs, transform: str = "none") -> dict[str, Any]:
-    """LZMA bytes of every role under three accountings: per tensor (each entry compressed alone, as
-    ``golf.report_compress`` counts), role-grouped (all codes of a role concatenated, then all its scales, one stream)
-    and, for the int roles, the order-0 entropy bound of the codes."""
+def role_streams(qs, transform: str = "none", only_in_proj: bool = False) -> dict[str, Any]:
+    """LZMA bytes of every role (only the SSM in_proj roles with ``only_in_proj``) under three accountings: per tensor
+    (each entry compressed alone, as ``golf.report_compress`` counts), role-grouped (all codes of a role
+    concatenated, then all its scales, one stream) and, for the int roles, the order-0 entropy bound of the codes."""
     from golf.quant.roles import role_base
 
-    by_role: dict[str, dict[str, Any]] = {}
+    entries = []
     for name, m, _ in qs.storage_entries():
-        codes, other = _entry_parts(qs, name, m)
         role = m.get("role", "other")
+        if only_in_proj and not role.startswith("ssm_in_proj"):
+            continue
+        codes, other = _entry_parts(qs, name, m)
+        entries.append((m, role, codes, other, _code_bytes(codes, transform) if codes is not None else b""))
+    per_tensor_bytes = _lzma_lens([cbytes + other for _, _, _, other, cbytes in entries])
+    by_role: dict[str, dict[str, Any]] = {}
+    for (m, role, codes, other, cbytes), per_tensor in zip(entries, per_tensor_bytes):
         keys = [role] + (["ssm_in_proj"] if role.startswith("ssm_in_proj:") else [])
         params = math.prod(m["shape"]) if m["shape"] else 1
-        cbytes = _code_bytes(codes, transform) if codes is not None else b""
-        per_tensor = _lzma_len(cbytes + other)
         for k in keys:
             a = by_role.setdefault(k, {"role": k, "base": role_base(k), "params": 0, "per_tensor_bytes": 0,
                                        "_codes": [], "_code_bytes": [], "_other": []})
@@ -274,8 +299,9 @@ def role_streams(qs, transform: str = "none") -> dict[str, Any]:
     out = {}
     from golf.report_compress import _role_order
 
-    for k, a in sorted(by_role.items(), key=lambda kv: _role_order(kv[0])):
-        grouped = _lzma_len(b"".join(a["_code_bytes"]) + b"".join(a["_other"]))
+    ordered = sorted(by_role.items(), key=lambda kv: _role_order(kv[0]))
+    grouped_bytes = _lzma_lens([b"".join(a["_code_bytes"]) + b"".join(a["_other"]) for _, a in ordered])
+    for (k, a), grouped in zip(ordered, grouped_bytes):
         ent, levels = _entropy_bits(a["_codes"])
         out[k] = {
             "role": k, "params": a["params"],
@@ -350,7 +376,7 @@ def compress_analysis(trainer, pl_module, base, sdclip_ks: list[float]) -> dict[
                 "payload_bytes": info.model_bytes - info.header_bytes if info else None, "post_bpb": res.val_bpb}
 
     def in_proj_bytes(qs) -> tuple[int, int]:
-        st = role_streams(qs)
+        st = role_streams(qs, only_in_proj=True)
         a = st.get("ssm_in_proj") or {"per_tensor_bytes": 0, "params": 0}
         return a["per_tensor_bytes"], a["params"]
 
@@ -687,13 +713,28 @@ def run_dir(out: Path, arm: str) -> Path:
     return out / "runs" / arm / "version_0"
 
 
+def read_extras(arm: Arm, rd: Path) -> dict[str, Any] | None:
+    """The arm's ``study_extra.json`` (``"complete": false`` while its exports are still running; files without the
+    key are from a finished run). Without the file, the variant reports already on disk (a run cut off before the
+    file existed), marked incomplete; None when there is neither."""
+    path = rd / "study_extra.json"
+    if path.is_file():
+        extras = json.loads(path.read_text())
+        extras.setdefault("complete", True)
+        return extras
+    found = {name: {"overrides": over, "report": _slim_report(json.loads((rd / "variants" / name / "report.json")
+                                                                          .read_text()))}
+             for name, over in arm.variants.items() if (rd / "variants" / name / "report.json").is_file()}
+    return {"variants": found, "compress": None, "complete": False} if found else None
+
+
 def _reused(arm: Arm, cfg_path: Path, out: Path, args) -> dict[str, Any] | None:
     """The result of an arm whose run directory already holds a report made from the same config, else None."""
     rd = run_dir(out, arm.name)
     saved = rd / "study_config.yaml"
     if (args.fresh or not (rd / "report.json").is_file() or not saved.is_file()
             or saved.read_text() != cfg_path.read_text()
-            or ((arm.variants or arm.compress) and not (rd / "study_extra.json").is_file())):
+            or ((arm.variants or arm.compress) and not (read_extras(arm, rd) or {}).get("complete", False))):
         return None
     print(f"golf study: {arm.name}: reusing {rd / 'report.json'} (same config; --fresh retrains)", flush=True)
     return {"exit_code": 0, "reused": True}
@@ -1130,7 +1171,10 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
     dev = study["device"]
     L = [f"# golf study ({study['created']})", "",
          f"`{' '.join(study['command'])}`", "",
-         *([] if study.get("complete", True) else ["**Partial: some arms have not finished yet.**", ""]),
+         *([f"Tables rebuilt from the run directories with `{' '.join(study['rebuilt_with'])}`.", ""]
+           if study.get("rebuilt_with") else []),
+         *([] if study.get("complete", True) else
+           ["**Partial: some arms, or some of their extra exports, have not finished.**", ""]),
          f"Device: {dev}. Budget: {study['budget_seconds']:g} s of training wall-clock per arm (golf's "
          f"WallClockBudget; validation and finalization not counted). Base config: `{study['base_config']}`. "
          f"BPB = val bits per byte on the full val split of each arm's data; 'post-quant' is the artifact read back "
@@ -1174,9 +1218,9 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
     if "vocab" in S:
         L += ["## vocab: tokenizer size for both architectures", "",
               "Same documents and val split for every vocab (golf data prepare's fixed shuffle); seq_len is in tokens, "
-              "so larger vocabularies see more bytes per window. The embedded Austen corpus has ~3.6 MB of train text: "
-              "at sp8192 the embedding is a large share of the parameters and many pieces are rare, so the corpus is "
-              "small for that vocabulary (see epochs and parameters).", ""]
+              f"so larger vocabularies see more bytes per window. Corpus: `{S['vocab'].get('corpus')}`; golf's "
+              "offline corpora are small (a few MB of train text), so the arms repeat data (see epochs) and at "
+              "sp8192 the embedding is a large share of the parameters.", ""]
         L += table(S["vocab"]["arms"]) + [""] + equal(S["vocab"])
     if "protect" in S:
         d = S["protect"]
@@ -1281,10 +1325,11 @@ def collect_result(arm: Arm, run: dict[str, Any] | None, out: Path, cfg_path: Pa
     if (rd / "report.json").is_file() and not res.get("pending"):
         res["summary"] = summarize(json.loads((rd / "report.json").read_text()))
     res["curve"] = read_curve(rd / "metrics.csv")
-    if (rd / "study_extra.json").is_file() and not res.get("pending"):
-        res["extra"] = json.loads((rd / "study_extra.json").read_text())
+    extras = read_extras(arm, rd) if not res.get("pending") else None
+    if extras is not None:
+        res["extra"] = extras
     res.update(run_dir=str(rd), config=str(cfg_path), desc=arm.desc)
-    if res.get("reused") and earlier:  # keep the load averages of the run that made it
+    if (res.get("reused") or res.get("from_disk")) and earlier:  # keep the load averages of the run that made it
         for k in ("wall_seconds_total", "loadavg_before", "loadavg_after"):
             if k in earlier:
                 res[k] = earlier[k]
@@ -1345,6 +1390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=None, help="train this many arms at once as CPU subprocesses")
     p.add_argument("--fresh", action="store_true", help="retrain arms even if their run directory has a report")
     p.add_argument("--plan", action="store_true", help="write the arm configs and print the plan; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild study.json, study.md and the plots from DIR's run directories (an "
+                        "arm with a report.json counts as trained), e.g. for a study whose machine went away")
     return p
 
 
@@ -1370,7 +1418,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     studies = list(dict.fromkeys(args.studies))
     arms, per_study, notes = plan_arms(base, studies, args)
-    if "vocab" in studies and not args.plan:
+    if "vocab" in studies and not (args.plan or args.report_only):
         stem = notes["vocab_stem"]
         for a in arms.values():
             if a.name in per_study["vocab"]:
@@ -1381,6 +1429,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in arms.values():
         a.config = build_arm_config(base, a, out, args, budget)
         cfg_paths[a.name] = cfg_dir / f"{a.name}.yaml"
+        if args.report_only and cfg_paths[a.name].is_file():
+            continue  # the record of what was trained
         cfg_paths[a.name].write_text(f"# golf study arm {a.name}: {a.desc}\n"
                                      + yaml.safe_dump(a.config, sort_keys=False))
     print(f"golf study: {len(arms)} arm(s), {budget:g} s each: " + ", ".join(arms), flush=True)
@@ -1395,6 +1445,10 @@ def main(argv: list[str] | None = None) -> int:
     prev = out / "study.json"
     earlier = (json.loads(prev.read_text()).get("arms") or {}) if prev.is_file() else {}
 
+    this_command = ["golf", "study", *(argv if argv is not None else sys.argv[2:])]
+    rebuilt = args.report_only and prev.is_file()
+    old = json.loads(prev.read_text()) if rebuilt else {}
+
     def write_outputs(complete: bool) -> tuple[dict[str, Any], list[str]]:
         """study.json, study.md and plots from every arm so far; written after each arm too, so that a study cut
         off midway (a lost machine, a time limit) leaves the finished arms' tables and the others' curves."""
@@ -1404,11 +1458,12 @@ def main(argv: list[str] | None = None) -> int:
             "golf_study": 1,
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "complete": complete,
-            "command": ["golf", "study", *(argv if argv is not None else sys.argv[2:])],
+            "command": old.get("command", this_command),
+            **({"rebuilt_with": this_command} if rebuilt else {}),
             "budget_seconds": budget,
             "base_config": str(base_path),
-            "device": _device_text("gpu" if args.gpus else args.accelerator or _get(base, "trainer.accelerator"),
-                                   args.devices, len(slots)),
+            "device": old.get("device") or _device_text("gpu" if args.gpus else args.accelerator
+                                                        or _get(base, "trainer.accelerator"), args.devices, len(slots)),
             "studies_run": studies,
             "arms": results,
         }
@@ -1418,6 +1473,16 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(study, out / "study.md")
         return study, study["plots"]
 
+    if args.report_only:
+        runs.update({a.name: {"exit_code": 0, "from_disk": True} for a in arms.values()
+                     if (run_dir(out, a.name) / "report.json").is_file()})
+        done = [a for a in arms.values() if a.name in runs]
+        complete = len(done) == len(arms) and all(
+            (read_extras(a, run_dir(out, a.name)) or {}).get("complete", False) for a in done if a.variants or a.compress)
+        study, plots = write_outputs(complete)
+        print(f"golf study: rebuilt {out / 'study.json'}, {out / 'study.md'} and {len(plots)} plot(s) from "
+              f"{len(done)} of {len(arms)} arm(s) on disk" + ("" if complete else " (partial)"), flush=True)
+        return 0
     if slots:
         runs.update(run_arms_concurrently(list(arms.values()), cfg_paths, out, args, slots,
                                           on_done=lambda name, res: (runs.__setitem__(name, res),

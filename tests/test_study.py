@@ -18,6 +18,7 @@ from golf.cli import main
 from golf.study import (
     _arm_env,
     _lzma_len,
+    _lzma_lens,
     _with_in_proj_from,
     compress_analysis,
     count_parameters,
@@ -84,6 +85,23 @@ def test_study_arch_and_protect_end_to_end(tmp_path, tiny_data):
     again = json.loads((out / "study.json").read_text())
     assert all(a["reused"] for a in again["arms"].values())
 
+    # a study cut off while the hybrid's extra exports ran: --report-only rebuilds the tables from the run
+    # directories (variant reports on disk, no training, arm configs untouched) and marks the study partial
+    extra_path = Path(study["arms"][h["arm"]]["run_dir"]) / "study_extra.json"
+    assert json.loads(extra_path.read_text())["complete"] is True
+    extra_path.unlink()
+    configs = {p.name: p.read_text() for p in (out / "configs").iterdir()}
+    report_only = ["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "2", "--studies", "arch",
+                   "protect", "--report-only"]
+    assert main(report_only) == 0
+    rebuilt = json.loads((out / "study.json").read_text())
+    assert rebuilt["complete"] is False and rebuilt["rebuilt_with"][-1] == "--report-only"
+    assert rebuilt["command"] == again["command"]
+    assert [r["post_bpb"] for r in rebuilt["studies"]["protect"]["arms"]] == [r["post_bpb"] for r in prot["arms"]]
+    assert [r["post_bpb"] for r in rebuilt["studies"]["arch"]["arms"]] == [t["post_bpb"], h["post_bpb"]]
+    assert {p.name: p.read_text() for p in (out / "configs").iterdir()} == configs
+    assert "Partial" in (out / "study.md").read_text()
+
 
 def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_data, monkeypatch):
     import golf.study
@@ -142,6 +160,8 @@ def test_lzma_len_matches_golfs_compressor():
         data = torch.randint(-31, 32, (n,), generator=g, dtype=torch.int8).numpy().tobytes()
         assert _lzma_len(data) == len(compress(data, "lzma"))
         assert lzma.decompress(compress(data, "lzma")) == data
+    chunks = [torch.randint(-31, 32, (n,), generator=g, dtype=torch.int8).numpy().tobytes() for n in (1, 900, 40000)]
+    assert _lzma_lens(chunks) == [_lzma_len(c) for c in chunks]  # the thread pool changes nothing but the time
 
 
 def test_read_curve_interpolates_the_clock(tmp_path):
@@ -182,6 +202,7 @@ def test_role_streams_and_in_proj_merge():
     assert ip["per_tensor_bytes"] == sum(r["per_tensor_bytes"] for r in pieces)
     assert 0 < ip["code_entropy_bits"] <= 6 and ip["code_levels_used"] <= 2 * 127 + 1
     assert roles["attn_qkv"]["code_levels_used"] > 0 and "control" in roles
+    assert role_streams(a, only_in_proj=True) == {k: r for k, r in roles.items() if k.startswith("ssm_in_proj")}
 
     merged = _with_in_proj_from(a, b)
     m, da, db = dequantize_state_dict(merged), dequantize_state_dict(a), dequantize_state_dict(b)
