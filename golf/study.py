@@ -99,7 +99,8 @@ class StudyClock(Callback):
             self._t0 = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.log("train_seconds", float(self._elapsed(trainer)), on_step=True, on_epoch=False)
+        # a host tensor: a Python float would become a device tensor through a blocking copy every step
+        pl_module.log("train_seconds", torch.tensor(float(self._elapsed(trainer))), on_step=True, on_epoch=False)
 
 
 class StudyExtras(Callback):
