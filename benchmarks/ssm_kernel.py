@@ -223,6 +223,16 @@ def time_case(case: Case, warmup: int, rep: int) -> dict:
     )
 
 
+def profile_case(case: Case) -> dict:
+    """The top GPU kernels of one forward+backward (after timing, so compiled and autotuned)."""
+    from profiling import profile_step  # benchmarks/profiling.py, beside this script
+
+    out = case.fn()
+    dy = torch.randn_like(out)
+    del out
+    return profile_step(lambda: case.fn().backward(dy), top=20)
+
+
 def import_peer(module: str, attr: str, bare_package: bool = False):
     """``from module import attr``. With ``bare_package``, if the package's ``__init__`` fails (mamba_ssm without its
     compiled CUDA extensions), retry with the top-level package registered empty, so that only the pure Triton
@@ -271,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-path", action="append", default=[], help="directory prepended to sys.path for peers")
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="time only the rows whose name contains one of these texts")
+    parser.add_argument("--profile", nargs="+", default=[], metavar="TEXT",
+                        help="also profile one forward+backward of the rows whose name contains one of these texts "
+                             "(top GPU kernels by self time, in the table's output and the JSON)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("ssm_kernel benchmark needs a CUDA GPU")
@@ -297,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for batch, seqlen in SHAPES:
         for name, make in case_makers(batch, seqlen):
+            if args.only and not any(text in name for text in args.only):
+                continue
             row = dict(name=name, batch=batch, seqlen=seqlen, nheads=NHEADS, headdim=HEADDIM, d_state=D_STATE)
             case, note = None, None
             try:
@@ -308,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
             if case is not None:
                 try:
                     row.update(time_case(case, args.warmup, args.rep))
+                    if any(text in name for text in args.profile):
+                        row["profile"] = profile_case(case)
                 except Exception as err:  # keep the table going: one broken peer must not hide the others
                     note = f"error: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
                     traceback.print_exc(file=sys.stderr)
@@ -320,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 row["note"] = note
                 print(f"{name:<46} {shape:>9} | {note}")
+            for k in (row.get("profile") or {}).get("top", []):
+                print(f"    {k['share']:6.1%} {k['ms']:8.3f} ms  x{k['calls']:<3} {k['name'][:90]}")
             rows.append(row)
             args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a crash keeps what ran
     print(f"wrote {args.out}")

@@ -195,28 +195,10 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
     row = dict(ms_per_step=ms, compile_warmup_s=timer.compile_s, peak_mem_gb=peak_mem_gb(), model=lm,
                tokens_per_step=dm.train_batch_tokens, seq_len=dm.seq_len)
     if profile:
+        from profiling import profile_step  # benchmarks/profiling.py, beside this script
+
         row["profile"] = profile_step(lambda: train_step(warmup + steps + 1))
     return row
-
-
-def profile_step(step, top: int = 15) -> dict:
-    """One step under torch.profiler: the top GPU kernels (CPU ops on a CPU-only run) by self time, with shares."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
-        step()
-        sync()
-    events = prof.key_averages()
-    on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
-    if on_gpu:
-        timed = [(e.key, e.self_device_time_total, e.count) for e in on_gpu]
-    else:
-        timed = [(e.key, e.self_cpu_time_total, e.count) for e in events]
-    total = sum(t for _, t, _ in timed) or 1.0
-    timed.sort(key=lambda r: -r[1])
-    return dict(clock="gpu kernels" if on_gpu else "cpu ops", total_ms=total / 1e3,
-                top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
 
 
 def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path,
@@ -271,9 +253,7 @@ def run_rows(args) -> list[dict]:
             for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
                 os.environ[var] = tempfile.mkdtemp(prefix=f"golf_{var.split('_')[0].lower()}_")
                 atexit.register(shutil.rmtree, os.environ[var], ignore_errors=True)
-            import torch._dynamo
-
-            torch._dynamo.reset()
+            torch._dynamo.reset()  # (a local `import torch._dynamo` here made `torch` local to the whole function)
         for kind in args.rows:
             t0 = time.perf_counter()
             try:
