@@ -2,7 +2,7 @@
 
     golf study --out DIR [--budget-seconds S] [--studies arch vocab protect calibration in_proj_optimizer compress]
                [--config BASE.yaml] [--data-root data] [--vocabs 1024 4096 8192] [--accelerator cpu|gpu] [--devices N]
-               [--gpus 0 1 2 3 | --parallel N]
+               [--gpus 0 1 2 3 | --parallel N] [--seeds 1337 1338 ...]
 
 Every *arm* is one ``golf fit`` of a config derived from BASE.yaml (default ``configs/study_cpu.yaml``), all with the
 same wall-clock budget (golf's ``WallClockBudget``), seed and data order; arms shared by several studies are trained
@@ -27,7 +27,9 @@ DIR gets ``study.json``, ``study.md``, PNG plots, ``configs/<arm>.yaml`` and ``r
 study.json and study.md are rewritten as each arm finishes (``"complete": false`` until the last), so a study cut off
 midway keeps the finished arms' tables and the validation curves of the others. An arm whose run directory already
 holds a report made from the same config is not trained again (``--fresh`` retrains). ``--plan`` writes the configs
-and prints the arms without training.
+and prints the arms without training. ``--seeds`` trains the arms of the training comparisons (arch, vocab,
+in_proj_optimizer) once per seed (``<arm>_seed<S>`` after the first) and reports each difference per seed with its
+mean and spread; export comparisons (protect, calibration, compress) are exact for given weights and use the first.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from golf.errors import GolfError
 
 STUDIES = ("arch", "vocab", "protect", "calibration", "in_proj_optimizer", "compress")
+SEEDED_STUDIES = ("arch", "vocab", "in_proj_optimizer")  # training comparisons: repeated per --seeds
 DEFAULT_CONFIG = "configs/study_cpu.yaml"
 DEFAULT_VOCABS = (1024, 4096, 8192)
 DEFAULT_SDCLIP_KS = (2.5, 3.0, 4.0, 6.0, 12.85)
@@ -468,6 +471,7 @@ class Arm:
     model_over: dict[str, Any] = field(default_factory=dict)  # dotted model.* keys
     variants: dict[str, Any] = field(default_factory=dict)
     compress: bool = False
+    seed: int | None = None  # seed_everything of the arm (None: the base config's)
     config: dict[str, Any] | None = None
     match: dict[str, Any] | None = None
 
@@ -644,6 +648,20 @@ def plan_arms(base: dict[str, Any], studies: list[str], args) -> tuple[dict[str,
     if "compress" in studies:
         arms[hybrid].compress = True
         per_study["compress"] = [hybrid] + ([n for n in per_study.get("arch", []) if n.startswith("transformer")])
+    seeds = list(dict.fromkeys(args.seeds or []))
+    if seeds:
+        trained = {n for s in SEEDED_STUDIES for n in per_study.get(s, [])}
+        for a in arms.values():
+            a.seed = seeds[0]
+        replicas = {}
+        for name in [n for n in arms if n in trained]:
+            replicas[name] = []
+            for seed in seeds[1:]:
+                twin = replace(arms[name], name=f"{name}_seed{seed}", seed=seed, variants={}, compress=False,
+                               desc=f"{arms[name].desc}, seed {seed}")
+                arms[twin.name] = twin
+                replicas[name].append(twin.name)
+        notes.update(seeds=seeds, seed_replicas=replicas)
     return arms, per_study, notes
 
 
@@ -655,6 +673,8 @@ def _default_protect() -> dict[str, Any]:
 
 def build_arm_config(base: dict[str, Any], arm: Arm, out: Path, args, budget: float) -> dict[str, Any]:
     cfg = copy.deepcopy(base)
+    if arm.seed is not None:
+        cfg["seed_everything"] = int(arm.seed)
     _set(cfg, "data.data_dir", arm.data_dir)
     _set(cfg, "data.vocab_size", arm.vocab)
     for k, v in arm.model_over.items():
@@ -1117,12 +1137,38 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
                 "seconds": {n: points[n][step]["seconds"] for n in names},
                 "lr_scale": {n: points[n][step].get("lr_scale") for n in names}}
 
+    replicas = notes.get("seed_replicas") or {}
+
+    def with_seeds(names: list[str]) -> list[str]:
+        """Each arm followed by its other-seed replicas."""
+        return [m for n in names for m in [n, *replicas.get(n, [])]]
+
+    def across_seeds(a: str, b: str, label: str) -> dict[str, Any]:
+        """b − a in mBPB for every seed (post-quant, and the last in-training validation), with mean and spread."""
+        rows = []
+        for seed, na, nb in zip(notes["seeds"], [a, *replicas.get(a, [])], [b, *replicas.get(b, [])]):
+            ra, rb = results.get(na) or {}, results.get(nb) or {}
+            sa, sb, ca, cb = ra.get("summary"), rb.get("summary"), ra.get("curve"), rb.get("curve")
+            rows.append({"seed": seed,
+                         "post_mbpb": 1000 * (sb["post_bpb"] - sa["post_bpb"]) if sa and sb else None,
+                         "last_val_mbpb": 1000 * (cb[-1]["val_bpb"] - ca[-1]["val_bpb"]) if ca and cb else None})
+        return {"label": label, "a": a, "b": b, "per_seed": rows,
+                "post_mbpb": _mean_sd([r["post_mbpb"] for r in rows]),
+                "last_val_mbpb": _mean_sd([r["last_val_mbpb"] for r in rows])}
+
     if "arch" in per_study:
         t, h = per_study["arch"]
-        studies["arch"] = {"arms": arm_rows([t, h]), "matching": arms[t].match, "equal_tokens": equal_tokens([t, h])}
+        studies["arch"] = {"arms": arm_rows(with_seeds([t, h])), "matching": arms[t].match,
+                           "equal_tokens": equal_tokens([t, h])}
+        if replicas:
+            studies["arch"]["seeds"] = [across_seeds(t, h, "hybrid − transformer")]
     if "vocab" in per_study:
-        studies["vocab"] = {"arms": arm_rows(per_study["vocab"]), "corpus": notes.get("vocab_stem"),
-                            "equal_tokens": equal_tokens(per_study["vocab"])}
+        names = per_study["vocab"]
+        studies["vocab"] = {"arms": arm_rows(with_seeds(names)), "corpus": notes.get("vocab_stem"),
+                            "equal_tokens": equal_tokens(names)}
+        if replicas:  # names come in (transformer, hybrid) pairs, one pair per vocabulary
+            studies["vocab"]["seeds"] = [across_seeds(names[i], names[i + 1], f"sp{arms[names[i]].vocab}: hybrid − "
+                                                      "transformer") for i in range(0, len(names) - 1, 2)]
     extra = (results.get(hyb) or {}).get("extra") or {} if hyb else {}
     var = extra.get("variants") or {}
 
@@ -1152,8 +1198,11 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
                                                            - byv["gptq_train"]["post_bpb"])
         studies["calibration"] = d
     if "in_proj_optimizer" in per_study:
-        studies["in_proj_optimizer"] = {"arms": arm_rows(per_study["in_proj_optimizer"]),
-                                        "equal_tokens": equal_tokens(per_study["in_proj_optimizer"])}
+        muon, adam = per_study["in_proj_optimizer"]
+        studies["in_proj_optimizer"] = {"arms": arm_rows(with_seeds([muon, adam])),
+                                        "equal_tokens": equal_tokens([muon, adam])}
+        if replicas:
+            studies["in_proj_optimizer"]["seeds"] = [across_seeds(muon, adam, "in_proj on Adam − on Muon")]
     if "compress" in per_study:
         comp = extra.get("compress")
         d = {"analysis": comp, "arms": arm_rows(per_study["compress"])}
@@ -1165,6 +1214,14 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
                 d["in_proj_vs_transformer_qkv_ratio"] = ip["per_tensor_bpp"] / t_qkv
         studies["compress"] = d
     return studies
+
+
+def _mean_sd(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None below two values) and count of the values that exist."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    mean = sum(v) / len(v) if v else None
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+    return {"mean": mean, "sd": sd, "n": len(v)}
 
 
 def write_markdown(study: dict[str, Any], path: Path) -> None:
@@ -1212,17 +1269,29 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
                 "further into its warm-down (smaller LR ×), which lowers its BPB at that point: this comparison "
                 "removes throughput but not the schedule.", ""]
 
+    def seeds(d):
+        """One line per comparison: the difference at every seed, then mean ± sample standard deviation."""
+        out = []
+        for c in d.get("seeds") or []:
+            per = "; ".join(f"seed {r['seed']}: {_f(r['post_mbpb'], '+.1f')} / {_f(r['last_val_mbpb'], '+.1f')}"
+                            for r in c["per_seed"])
+            post, last = c["post_mbpb"], c["last_val_mbpb"]
+            out.append(f"- {c['label']}, mBPB post-quant / last in-training val: {per}; mean ± sd "
+                       f"{_f(post['mean'], '+.1f')} ± {_f(post['sd'], '.1f')} (n {post['n']}) / "
+                       f"{_f(last['mean'], '+.1f')} ± {_f(last['sd'], '.1f')} (n {last['n']})")
+        return ["Across seeds (the arms above, one per seed):", "", *out, ""] if out else []
+
     if "arch" in S:
         m = S["arch"]["matching"] or {}
         L += ["## arch: transformer vs hybrid at equal parameter count", "", f"Matching: {m.get('how', '?')}.", ""]
-        L += table(S["arch"]["arms"]) + [""] + equal(S["arch"])
+        L += table(S["arch"]["arms"]) + [""] + equal(S["arch"]) + seeds(S["arch"])
     if "vocab" in S:
         L += ["## vocab: tokenizer size for both architectures", "",
               "Same documents and val split for every vocab (golf data prepare's fixed shuffle); seq_len is in tokens, "
               f"so larger vocabularies see more bytes per window. Corpus: `{S['vocab'].get('corpus')}`; golf's "
               "offline corpora are small (a few MB of train text), so the arms repeat data (see epochs) and at "
               "sp8192 the embedding is a large share of the parameters.", ""]
-        L += table(S["vocab"]["arms"]) + [""] + equal(S["vocab"])
+        L += table(S["vocab"]["arms"]) + [""] + equal(S["vocab"]) + seeds(S["vocab"])
     if "protect" in S:
         d = S["protect"]
         L += ["## protect: int6 with dynamics protection (dd_A/dd_dt rows at int8) vs none", "",
@@ -1247,7 +1316,8 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
         L += [""]
     if "in_proj_optimizer" in S:
         L += ["## in_proj_optimizer: SSM in_proj under Muon vs Adam", ""]
-        L += table(S["in_proj_optimizer"]["arms"]) + [""] + equal(S["in_proj_optimizer"])
+        L += table(S["in_proj_optimizer"]["arms"]) + [""] + equal(S["in_proj_optimizer"]) \
+            + seeds(S["in_proj_optimizer"])
     if "compress" in S:
         d = S["compress"]
         comp = d.get("analysis")
@@ -1390,6 +1460,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train arms at once, each alone on --devices of these GPUs (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--parallel", type=int, default=None, help="train this many arms at once as CPU subprocesses")
     p.add_argument("--fresh", action="store_true", help="retrain arms even if their run directory has a report")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="train the arch/vocab/in_proj_optimizer arms once per seed (the first seed is the arms' own; "
+                        "default: the base config's seed_everything only)")
     p.add_argument("--plan", action="store_true", help="write the arm configs and print the plan; train nothing")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild study.json, study.md and the plots from DIR's run directories (an "

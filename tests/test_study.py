@@ -137,6 +137,31 @@ def test_parallel_arms_train_as_subprocesses_with_their_own_logs(tmp_path, tiny_
     assert _arm_env(args, ["1"], 2)["CUDA_VISIBLE_DEVICES"] == "1"
 
 
+def test_seeds_repeat_the_training_comparisons_and_report_each_difference(tmp_path, tiny_data):
+    cfg = _study_config(tmp_path, tiny_data)
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "1", "--warmup-steps", "1",
+                 "--studies", "arch", "protect", "--seeds", "3", "4"]) == 0
+    study = json.loads((out / "study.json").read_text())
+    t, h = sorted((n for n in study["arms"] if not n.endswith("_seed4")), key=lambda n: not n.startswith("trans"))
+    assert set(study["arms"]) == {t, h, f"{t}_seed4", f"{h}_seed4"}
+    for name, seed in ((t, 3), (h, 3), (f"{t}_seed4", 4), (f"{h}_seed4", 4)):
+        assert yaml.safe_load((out / "configs" / f"{name}.yaml").read_text())["seed_everything"] == seed
+    arch = study["studies"]["arch"]
+    assert [r["arm"] for r in arch["arms"]] == [t, f"{t}_seed4", h, f"{h}_seed4"]
+    (diff,) = arch["seeds"]
+    post = {n: study["arms"][n]["summary"]["post_bpb"] for n in study["arms"]}
+    assert [r["seed"] for r in diff["per_seed"]] == [3, 4]
+    assert math.isclose(diff["per_seed"][0]["post_mbpb"], 1000 * (post[h] - post[t]))
+    assert math.isclose(diff["per_seed"][1]["post_mbpb"], 1000 * (post[f"{h}_seed4"] - post[f"{t}_seed4"]))
+    assert math.isclose(diff["post_mbpb"]["mean"], sum(r["post_mbpb"] for r in diff["per_seed"]) / 2)
+    assert diff["post_mbpb"]["n"] == 2 and diff["post_mbpb"]["sd"] is not None
+    assert post[h] != post[f"{h}_seed4"]  # another seed, another training
+    # export comparisons are exact for given weights: only the first seed's hybrid is exported twice
+    assert [r["arm"] for r in study["studies"]["protect"]["arms"]] == [f"{h} / int6_protect", f"{h} / int6_noprotect"]
+    assert "Across seeds" in (out / "study.md").read_text()
+
+
 def test_arch_matching_and_plan_of_the_cpu_config(tmp_path, capsys):
     base = yaml.safe_load(Path("configs/study_cpu.yaml").read_text())
     twin, info = match_transformer(base)
