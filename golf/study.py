@@ -13,6 +13,8 @@ subprocesses. Studies:
   same parameter count (within ±2%; the exact counts are reported);
 * ``vocab``: both architectures at each of ``--vocabs`` (data in ``{data-root}/{corpus}_sp{N}``, made with
   ``golf data prepare`` when missing);
+* ``layout``: two hybrid layouts at each of ``--vocabs`` (``--layouts``; default the base and the base with its first
+  attention block made an SSM block: the seed's 2 -> 1 attention decision that flipped sign between SP4096 and SP8192);
 * ``protect``: int6 export of the trained hybrid with the default dynamics protection (dd_A/dd_dt rows of in_proj at
   int8) vs ``protect: {}``; both exports come from the *same* trained weights, so the difference is quantization only;
 * ``calibration``: int6 round-to-nearest vs GPTQ with Hessians from training batches vs from self-generated sequences
@@ -59,8 +61,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from golf.errors import GolfError
 
-STUDIES = ("arch", "vocab", "protect", "calibration", "in_proj_optimizer", "compress")
-SEEDED_STUDIES = ("arch", "vocab", "in_proj_optimizer")  # training comparisons: repeated per --seeds
+STUDIES = ("arch", "vocab", "layout", "protect", "calibration", "in_proj_optimizer", "compress")
+SEEDED_STUDIES = ("arch", "vocab", "layout", "in_proj_optimizer")  # training comparisons: repeated per --seeds
 DEFAULT_CONFIG = "configs/study_cpu.yaml"
 DEFAULT_VOCABS = (1024, 4096, 8192)
 DEFAULT_SDCLIP_KS = (2.5, 3.0, 4.0, 6.0, 12.85)
@@ -602,7 +604,7 @@ def plan_arms(base: dict[str, Any], studies: list[str], args) -> tuple[dict[str,
         return name
 
     needs_hybrid = {"arch", "protect", "calibration", "in_proj_optimizer", "compress"}
-    if "S" not in str(_get(base, "model.backbone.layers", "")) and set(studies) & (needs_hybrid | {"vocab"}):
+    if "S" not in str(_get(base, "model.backbone.layers", "")) and set(studies) & (needs_hybrid | {"vocab", "layout"}):
         raise GolfError("golf study: the base config must be a hybrid (model.backbone.layers with S blocks)")
     hybrid = arm("hybrid", base_vocab, base_dir, desc=f"hybrid {_get(base, 'model.backbone.layers')}, {base_name}") \
         if set(studies) & needs_hybrid else None
@@ -619,6 +621,25 @@ def plan_arms(base: dict[str, Any], studies: list[str], args) -> tuple[dict[str,
                 names.append(arm(a, v, d))
         per_study["vocab"] = names
         notes["vocab_stem"] = stem
+    if "layout" in studies:
+        stem, dirs = _data_dirs(base, Path(args.data_root), args.vocabs)
+        base_layout = str(_get(base, "model.backbone.layers"))
+        layouts = list(dict.fromkeys(args.layouts or [base_layout, base_layout.replace("A", "S", 1)]))
+        if len(layouts) != 2 or any(set(x) - {"A", "S"} or "S" not in x for x in layouts):
+            raise GolfError(f"golf study --layouts: give two hybrid layouts of A and S blocks (e.g. {base_layout} "
+                            f"{base_layout.replace('A', 'S', 1)}); got {' '.join(layouts)}")
+        names = []
+        for v in args.vocabs:
+            d = str(dirs[v]) if not (v == base_vocab and Path(dirs[v]).resolve() == Path(base_dir).resolve()) \
+                else base_dir
+            for layout in layouts:
+                if layout == base_layout:
+                    names.append(arm("hybrid", v, d))  # the vocab study's hybrid arm, trained once for both
+                else:
+                    names.append(arm("hybrid", v, d, f"_{layout}", desc=f"hybrid {layout}, {Path(d).name}",
+                                     model_over={"model.backbone.layers": layout}))
+        per_study["layout"] = names
+        notes.update(vocab_stem=stem, layouts=layouts)
     if "protect" in studies:
         arms[hybrid].variants.update({
             "int6_protect": {"quant": {"method": "int6", "protect": _default_protect()}},
@@ -1197,6 +1218,19 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
             d["self_generated_minus_train_mbpb"] = 1000 * (byv["gptq_self_generated"]["post_bpb"]
                                                            - byv["gptq_train"]["post_bpb"])
         studies["calibration"] = d
+    if "layout" in per_study:
+        names, layouts = per_study["layout"], notes["layouts"]
+        pairs = [(names[i], names[i + 1]) for i in range(0, len(names) - 1, 2)]
+        by_vocab = []
+        for a, b in pairs:
+            sa, sb = results[a].get("summary"), results[b].get("summary")
+            by_vocab.append({"vocab": arms[a].vocab, "a": a, "b": b,
+                             "post_mbpb": 1000 * (sb["post_bpb"] - sa["post_bpb"]) if sa and sb else None})
+        studies["layout"] = {"arms": arm_rows(with_seeds(names)), "layouts": layouts, "by_vocab": by_vocab,
+                             "equal_tokens": equal_tokens(names)}
+        if replicas:
+            studies["layout"]["seeds"] = [across_seeds(a, b, f"sp{arms[a].vocab}: {layouts[1]} − {layouts[0]}")
+                                          for a, b in pairs]
     if "in_proj_optimizer" in per_study:
         muon, adam = per_study["in_proj_optimizer"]
         studies["in_proj_optimizer"] = {"arms": arm_rows(with_seeds([muon, adam])),
@@ -1292,6 +1326,16 @@ def write_markdown(study: dict[str, Any], path: Path) -> None:
               "offline corpora are small (a few MB of train text), so the arms repeat data (see epochs) and at "
               "sp8192 the embedding is a large share of the parameters.", ""]
         L += table(S["vocab"]["arms"]) + [""] + equal(S["vocab"]) + seeds(S["vocab"])
+    if "layout" in S:
+        d = S["layout"]
+        a, b = d["layouts"]
+        L += [f"## layout: {b} vs {a} at each vocabulary", "",
+              "The seed's decision that flipped sign between SP4096 and SP8192 was a layout change of the hybrid "
+              "(2 -> 1 attention blocks). Same data, budget and settings per vocabulary; parameters differ with the "
+              "layout (see the table).", ""]
+        L += table(d["arms"]) + [""]
+        L += [f"- sp{r['vocab']}: {b} − {a} = {_f(r['post_mbpb'], '+.1f')} mBPB post-quant" for r in d["by_vocab"]]
+        L += [""] + equal(d) + seeds(d)
     if "protect" in S:
         d = S["protect"]
         L += ["## protect: int6 with dynamics protection (dd_A/dd_dt rows at int8) vs none", "",
@@ -1411,7 +1455,7 @@ def write_plots(study: dict[str, Any], per_study: dict[str, list[str]], arms: di
                 results: dict[str, Any], out: Path, budget: float) -> list[str]:
     plots: list[str] = []
     try:
-        for s in ("arch", "vocab", "in_proj_optimizer"):
+        for s in ("arch", "vocab", "layout", "in_proj_optimizer"):
             if s in per_study:
                 p = plot_curves(per_study[s], results, f"{s}: val BPB vs training wall-clock ({budget:g} s per arm)",
                                 out / f"bpb_vs_wallclock_{s}.png")
@@ -1446,7 +1490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", nargs="+", choices=STUDIES, default=list(STUDIES))
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"base fit YAML with a hybrid backbone ({DEFAULT_CONFIG})")
     p.add_argument("--data-root", default="data", help="where the vocab study's {corpus}_sp{N} folders live")
-    p.add_argument("--vocabs", type=int, nargs="+", default=list(DEFAULT_VOCABS), help="vocab study sizes")
+    p.add_argument("--vocabs", type=int, nargs="+", default=list(DEFAULT_VOCABS), help="vocab and layout study sizes")
+    p.add_argument("--layouts", nargs=2, default=None, metavar="LAYERS",
+                   help="the layout study's two hybrid layouts (default: the base and the base with its first A as S)")
     p.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "auto"), default=None)
     p.add_argument("--devices", type=int, default=None, help="devices per arm (>1: each arm runs as a subprocess, DDP)")
     p.add_argument("--val-every", type=int, default=None, help="trainer.val_check_interval of every arm")
@@ -1492,10 +1538,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     studies = list(dict.fromkeys(args.studies))
     arms, per_study, notes = plan_arms(base, studies, args)
-    if "vocab" in studies and not (args.plan or args.report_only):
+    if {"vocab", "layout"} & set(studies) and not (args.plan or args.report_only):
         stem = notes["vocab_stem"]
         for a in arms.values():
-            if a.name in per_study["vocab"]:
+            if a.name in per_study.get("vocab", []) + per_study.get("layout", []):
                 prepare_data(Path(a.data_dir), a.vocab, stem)
     cfg_dir = out / "configs"
     cfg_dir.mkdir(exist_ok=True)

@@ -162,6 +162,28 @@ def test_seeds_repeat_the_training_comparisons_and_report_each_difference(tmp_pa
     assert "Across seeds" in (out / "study.md").read_text()
 
 
+def test_layout_study_compares_two_hybrid_layouts_per_vocabulary(tmp_path, tiny_data):
+    data = tmp_path / "tiny_sp512"  # the layout study finds each vocabulary's data as {data-root}/{corpus}_sp{N}
+    data.symlink_to(tiny_data, target_is_directory=True)
+    cfg = _study_config(tmp_path, data)
+    out = tmp_path / "study"
+    common = ["study", "--out", str(out), "--config", str(cfg), "--budget-seconds", "1", "--warmup-steps", "1",
+              "--studies", "layout", "--data-root", str(tmp_path), "--vocabs", "512"]
+    assert main(common) == 0
+    study = json.loads((out / "study.json").read_text())
+    layout = study["studies"]["layout"]
+    assert layout["layouts"] == ["SA", "SS"]  # default: the base, and its first attention block as an SSM block
+    base, alt = (r["arm"] for r in layout["arms"])
+    assert (base, alt) == ("hybrid_tiny_sp512", "hybrid_tiny_sp512_SS")
+    rows = {r["arm"]: r for r in layout["arms"]}
+    assert rows[base]["layers"] == "SA" and rows[alt]["layers"] == "SS"
+    (by_vocab,) = layout["by_vocab"]
+    assert by_vocab["vocab"] == 512
+    assert math.isclose(by_vocab["post_mbpb"], 1000 * (rows[alt]["post_bpb"] - rows[base]["post_bpb"]))
+    assert "## layout: SS vs SA" in (out / "study.md").read_text()
+    assert main(common + ["--layouts", "SA", "SX", "--plan"]) == 2  # a layout must be made of A and S blocks
+
+
 def test_arch_matching_and_plan_of_the_cpu_config(tmp_path, capsys):
     base = yaml.safe_load(Path("configs/study_cpu.yaml").read_text())
     twin, info = match_transformer(base)
