@@ -85,11 +85,27 @@ def _theta_carry(
 
 
 @triton.jit
-def _load_step(
-    dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
+    """This program's T-block of one (b, group): ids, rows and their mask, q/k offsets, and q, k in fp32 (BT, N)."""
+    i_t, i_bg = tl.program_id(0), tl.program_id(1)
+    i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
+    offs_n = tl.arange(0, N)
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    return i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k
+
+
+@triton.jit
+def _head_step(
+    dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
+    H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
-    """Per-step scalars of one head: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, and cos/sin of theta (BT, NH)."""
+    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
+    biased q, k and the trapezoid weight w."""
+    NH: tl.constexpr = N // 2
     offs = (i_b * T + rows) * H + i_h
     b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
     b_trap = tl.load(trap + offs, mask=m_t, other=0.0)
@@ -105,7 +121,9 @@ def _load_step(
     else:  # unused
         b_cos = tl.full([BT, NH], 1.0, dtype=tl.float32)
         b_sin = tl.zeros([BT, NH], dtype=tl.float32)
-    return b_dt, b_trap, b_bn, b_cos, b_sin
+    b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
+    b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
+    return b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_trap * b_dt + b_bn
 
 
 @triton.jit
@@ -129,24 +147,15 @@ def _prologue_fwd(
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bg = tl.program_id(0), tl.program_id(1)
-    i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    rows = i_t * BT + tl.arange(0, BT)
-    m_t = rows < T
-    offs_n = tl.arange(0, N)
-    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
-    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     for i in range(HPG):
         i_h = i_g * HPG + i
-        b_dt, b_trap, b_bn, b_cos, b_sin = _load_step(
-            dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar, H, R, NH, BT, HAS_ROT
-        )
-        b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
-        b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
-        b_w = b_trap * b_dt + b_bn
+        _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
+            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
+        )  # fmt: skip
         b_qr, b_kr = b_qb, b_kb
         if HAS_ROT:
             b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
@@ -168,25 +177,19 @@ def _prologue_bwd(
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
     block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
-    i_t, i_bg = tl.program_id(0), tl.program_id(1)
-    i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    rows = i_t * BT + tl.arange(0, BT)
-    m_t = rows < T
-    offs_n = tl.arange(0, N)
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     offs_j = tl.arange(0, NH)
     m_j = offs_j < R
-    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
-    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
     b_dq = tl.zeros([BT, N], dtype=tl.float32)
     b_dk = tl.zeros([BT, N], dtype=tl.float32)
     for i in range(HPG):
         i_h = i_g * HPG + i
-        b_dt, b_trap, b_bn, b_cos, b_sin = _load_step(
-            dt, trap, angles, carry, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar, H, R, NH, BT, HAS_ROT
-        )
+        b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
+            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
+        )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
         g_offs = offs[:, None] * N + offs_n[None, :]
         b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
@@ -195,9 +198,6 @@ def _prologue_bwd(
             b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
         else:
             b_gd = tl.zeros([BT], dtype=tl.float32)
-        b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
-        b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
-        b_w = b_trap * b_dt + b_bn
         b_gkr = b_gk * b_w[:, None]  # gradient of the rotated k
         if HAS_ROT:
             b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
@@ -270,17 +270,23 @@ def _prologue_bwd_fix(
 
 
 def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
-    """Contiguous fp32 side inputs (angles keep their strides: a stride-0 head ``expand`` is read as is)."""
+    """Both launchers' set-up: the inputs (contiguous, fp32 side inputs; angles keep their strides, so a stride-0
+    head ``expand`` is read as is), the sizes ``(B, T, G, N, H, R, NT)`` and theta at the start of every T-block."""
+    _interpreter_compat()
     g, n = q.shape[2:]
     h, r = dt.shape[2], angles.shape[3]
     if k.shape != q.shape or h % g or n & (n - 1) or n < 2 or 2 * r > n:
         raise ValueError(f"Triton prologue: q, k (B, T, G, N), G | H, N a power of 2, R <= N/2; got q {tuple(q.shape)}"
                          f" k {tuple(k.shape)} H {h} R {r}")  # fmt: skip
     f32 = torch.float32
-    return (
+    inputs = (
         q.contiguous(), k.contiguous(), dt.to(f32).contiguous(), trap.to(f32).contiguous(),
         q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), angles.to(f32),
     )  # fmt: skip
+    b, t = q.shape[:2]
+    nt = triton.cdiv(t, LAUNCH_CONFIG["bt"])
+    carry = _theta_carries(inputs[2], inputs[6], n, LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"])
+    return inputs, (b, t, g, n, h, r, nt), carry
 
 
 def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
@@ -302,19 +308,15 @@ def mamba3_prologue_fwd_triton(
     out_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns (q~ ``[B, T, H, N]``, k~ w ``[B, T, H, N]`` in ``out_dtype``, diag ``[B, T, H]`` fp32)."""
-    _interpreter_compat()
-    q, k, dt, trap, q_bias, k_bias, angles = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
-    b, t, g, n = q.shape
-    h, r = dt.shape[2], angles.shape[3]
-    bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
-    nt = triton.cdiv(t, bt)
-    carry = _theta_carries(dt, angles, n, bt, cb)
+    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt), carry = _prepare(
+        q, k, dt, trap, q_bias, k_bias, angles
+    )
     q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
     _prologue_fwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag
 
@@ -325,13 +327,10 @@ def mamba3_prologue_bwd_triton(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns (dq, dk ``[B, T, G, N]`` in q's/k's dtype; ddt, dtrap ``[B, T, H]``, dq_bias, dk_bias ``[H, N]``,
     dangles ``[B, T, H, R]`` in fp32; the op casts them to the inputs' dtypes)."""
-    _interpreter_compat()
-    q, k, dt, trap, q_bias, k_bias, angles = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
-    b, t, g, n = q.shape
-    h, r = dt.shape[2], angles.shape[3]
+    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt), carry = _prepare(
+        q, k, dt, trap, q_bias, k_bias, angles
+    )
     bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
-    nt = triton.cdiv(t, bt)
-    carry = _theta_carries(dt, angles, n, bt, cb)
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
     ddiag = ddiag.float().contiguous() if ddiag is not None else None
     dq, dk = torch.empty_like(q), torch.empty_like(k)
