@@ -1,0 +1,142 @@
+"""Sweep the launch parameters of golf's SSM scan kernels on one GPU, so that the settings in
+``golf/kernels/ssm_scan/{triton_chunk,triton_prologue}.py`` (``LAUNCH_CONFIG``) are measured, not guessed.
+
+    python benchmarks/kernel_configs.py [--batch 8] [--seqlen 4096] [--out benchmarks/results/kernel_configs.json]
+
+Each group of settings is swept with the other groups at their current values. A candidate is timed on the
+forward+backward of the part that runs it (``triton.testing.do_bench`` median; the GLA core for the GLA kernels, the
+fused prologue op for the prologue kernels) and its outputs and gradients are compared with the current setting's
+(relative RMS; a candidate that changes the numbers beyond the bf16 limit is marked and never "best"). One table per
+group, fastest first, and the JSON; then copy the best settings into ``LAUNCH_CONFIG`` and re-run the GPU tests. On a
+machine without a GPU the ops take their PyTorch fallbacks, so a CPU run only exercises the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+from ssm_kernel import CHUNK, make_inputs  # benchmarks/ssm_kernel.py, beside this script
+
+BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computation (only the tiling differs)
+
+GLA_GROUPS = {
+    "fwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
+    "bwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
+    "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
+    "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
+}
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8])
+
+
+def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
+    keys = list(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def run_and_grads(fn, leaves: list[torch.Tensor], dy_seed: int = 0) -> list[torch.Tensor]:
+    """Output and every leaf's gradient of one forward+backward (a fixed upstream gradient)."""
+    for x in leaves:
+        x.grad = None
+    out = fn()
+    g = torch.Generator(device=out.device).manual_seed(dy_seed)
+    out.backward(torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype))
+    return [out.detach().clone(), *(x.grad.detach().clone() for x in leaves)]
+
+
+def timed(fn, leaves: list[torch.Tensor]) -> float:
+    """Median ms of forward+backward (do_bench on a GPU; one host-clock run otherwise)."""
+    def step():
+        fn().backward(dy)
+
+    out = fn()
+    dy = torch.randn_like(out)
+    if out.is_cuda:
+        from triton.testing import do_bench
+
+        return do_bench(step, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+    t0 = time.perf_counter()
+    step()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def sweep(name: str, config: dict, space: dict[str, list[int]], fn, leaves: list[torch.Tensor]) -> list[dict]:
+    """Time every candidate of ``space`` written into ``config`` (restored afterwards), checked against the current."""
+    current = dict(config)
+    reference = run_and_grads(fn, leaves)
+    rows = []
+    try:
+        for cand in candidates(space):
+            config.update(cand)
+            row = dict(group=name, **cand, current=all(current.get(k) == v for k, v in cand.items()))
+            try:
+                err = max(rel_rms(a, b) for a, b in zip(run_and_grads(fn, leaves), reference))
+                row.update(ms=timed(fn, leaves), max_rel_rms=err, ok=err <= BF16_LIMIT)
+            except Exception as e:  # a setting the compiler or the hardware refuses (shared memory, registers)
+                row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}", ok=False)
+            rows.append(row)
+    finally:
+        config.clear()
+        config.update(current)
+    rows.sort(key=lambda r: (not r["ok"], r.get("ms", float("inf"))))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=4096)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernel_configs.json"))
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from golf.kernels.ssm_scan import triton_chunk, triton_prologue
+    from golf.kernels.ssm_scan.op import gla_chunk, mamba3_prologue
+
+    inp = make_inputs(args.batch, args.seqlen, device=device)
+    b, t, h = inp["v"].shape[:3]
+    n = inp["q"].shape[-1]
+    gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
+               v=inp["v"].clone(), g=inp["adt"].clone())
+    gla_leaves = [x.requires_grad_() for x in gla.values()]
+    pro_keys = ("q", "k", "dt", "trap", "q_bias", "k_bias", "angles")
+    pro = {key: inp[key].detach().clone().requires_grad_() for key in pro_keys}
+
+    def gla_fn():
+        return gla_chunk(gla["q"], gla["k"], gla["v"], gla["g"], None, CHUNK)[0]
+
+    def prologue_fn():
+        q_rot, k_w, diag = mamba3_prologue(*(pro[key] for key in pro_keys), torch.bfloat16)
+        return q_rot.float() + 0.5 * k_w.float() + diag[..., None]  # one output that depends on all three
+
+    result = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (PyTorch fallbacks: no kernel runs)",
+                  torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  batch=args.batch, seqlen=args.seqlen, groups={})
+    for name, space in GLA_GROUPS.items():
+        result["groups"][f"gla_{name}"] = sweep(f"gla_{name}", triton_chunk.LAUNCH_CONFIG[name], space, gla_fn,
+                                                gla_leaves)  # fmt: skip
+    result["groups"]["prologue"] = sweep("prologue", triton_prologue.LAUNCH_CONFIG, PROLOGUE_GROUP, prologue_fn,
+                                         list(pro.values()))  # fmt: skip
+    print(f"device: {result['device']}  B {args.batch}  T {args.seqlen}")
+    for name, rows in result["groups"].items():
+        print(f"\n{name}")
+        for r in rows:
+            setting = " ".join(f"{k}={r[k]}" for k in r if k not in ("group", "ms", "max_rel_rms", "ok", "current", "error"))
+            status = r.get("error") or f"{r['ms']:8.3f} ms  rel-rms {r['max_rel_rms']:.1e}" + ("" if r["ok"] else "  CHANGED")
+            print(f"  {'*' if r['current'] else ' '} {setting:<40} {status}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n* = current setting; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
