@@ -121,21 +121,20 @@ def main(argv: list[str] | None = None) -> None:
     result = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (PyTorch fallbacks: no kernel runs)",
                   torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   batch=args.batch, seqlen=args.seqlen, groups={})
-    for name, space in GLA_GROUPS.items():
-        result["groups"][f"gla_{name}"] = sweep(f"gla_{name}", triton_chunk.LAUNCH_CONFIG[name], space, gla_fn,
-                                                gla_leaves)  # fmt: skip
-    result["groups"]["prologue"] = sweep("prologue", triton_prologue.LAUNCH_CONFIG, PROLOGUE_GROUP, prologue_fn,
-                                         list(pro.values()))  # fmt: skip
-    print(f"device: {result['device']}  B {args.batch}  T {args.seqlen}")
-    for name, rows in result["groups"].items():
-        print(f"\n{name}")
+    groups = [(f"gla_{name}", triton_chunk.LAUNCH_CONFIG[name], space, gla_fn, gla_leaves)
+              for name, space in GLA_GROUPS.items()]
+    groups.append(("prologue", triton_prologue.LAUNCH_CONFIG, PROLOGUE_GROUP, prologue_fn, list(pro.values())))
+    print(f"device: {result['device']}  B {args.batch}  T {args.seqlen}  (* = current setting)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, config, space, fn, leaves in groups:
+        rows = result["groups"][name] = sweep(name, config, space, fn, leaves)
+        print(f"\n{name}", flush=True)
         for r in rows:
             setting = " ".join(f"{k}={r[k]}" for k in r if k not in ("group", "ms", "max_rel_rms", "ok", "current", "error"))
             status = r.get("error") or f"{r['ms']:8.3f} ms  rel-rms {r['max_rel_rms']:.1e}" + ("" if r["ok"] else "  CHANGED")
-            print(f"  {'*' if r['current'] else ' '} {setting:<40} {status}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n* = current setting; wrote {args.out}")
+            print(f"  {'*' if r['current'] else ' '} {setting:<40} {status}", flush=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every group: a cut-off run keeps what ran
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
