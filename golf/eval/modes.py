@@ -36,7 +36,7 @@ from golf.eval.ttt import BatchedLoRA, ChunkTrainer, masked_nll, spans_positions
 from golf.evaluate import EvalResult, autocast_for
 from golf.kernels.ssm_scan import Mamba3State
 from golf.metrics import BitsPerByte
-from golf.modules.attention import CausalSelfAttention
+from golf.modules.attention import CausalSelfAttention, KVCache
 from golf.modules.layers import Rotary, apply_rotary
 
 
@@ -269,6 +269,8 @@ def _index_state(st, idx: torch.Tensor):
         return st.index_select(0, idx)
     if isinstance(st, Mamba3State):
         return Mamba3State(*(t.index_select(0, idx) for t in st))
+    if isinstance(st, KVCache):
+        return st.k.index_select(0, idx), st.v.index_select(0, idx)
     if isinstance(st, (tuple, list)):
         return type(st)(_index_state(t, idx) for t in st)
     raise GolfError(f"eval.mode=stateful: cannot select rows of a mixer state of type {type(st).__name__}")

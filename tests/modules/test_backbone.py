@@ -82,6 +82,44 @@ def test_forward_shapes_and_state_carry_equals_one_pass():
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-9, atol=1e-9)
 
 
+def test_token_by_token_kv_cache_grows_in_place_and_branches_do_not_alias():
+    from golf.modules.attention import KVCache
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(model_dim=64, layers="SA", num_heads=4, num_kv_heads=2, ssm=SSMConfig(d_state=16, headdim=16, chunk_size=8))
+    model = Backbone(cfg, vocab_size=97).double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    idx = torch.randint(0, 97, (2, 40))
+    full = model(idx)
+    logits, states = model(idx[:, :5], return_states=True)
+    steps, buffers = [logits], set()
+    for t in range(5, 40):
+        logits, states = model(idx[:, t : t + 1], states=states, return_states=True)
+        steps.append(logits)
+        buffers.add(states[1]._k.data_ptr())
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+    assert isinstance(states[1], KVCache) and states[1].length == 40
+    assert len(buffers) <= 3  # capacity doubles: 5 -> 16 -> 32 -> 64, not a new buffer per token
+
+    # two continuations of one state whose buffer has room (branches): the first appends in place, the second copies,
+    # and each, continued further, equals its own one-pass forward
+    _, prefix = model(idx[:, :20], return_states=True)
+    _, s21 = model(idx[:, 20:21], states=prefix, return_states=True)  # a grown buffer with free positions
+    alt = idx.clone()
+    alt[:, 21:] = (idx[:, 21:] + 1) % 97
+    a, sa = model(idx[:, 21:22], states=s21, return_states=True)
+    b, sb = model(alt[:, 21:22], states=s21, return_states=True)
+    assert sa[1]._k.data_ptr() == s21[1]._k.data_ptr() != sb[1]._k.data_ptr()
+    full_alt = model(alt)
+    torch.testing.assert_close(a, full[:, 21:22], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b, full_alt[:, 21:22], rtol=1e-9, atol=1e-9)
+    a2, _ = model(idx[:, 22:23], states=sa, return_states=True)
+    b2, _ = model(alt[:, 22:23], states=sb, return_states=True)
+    torch.testing.assert_close(a2, full[:, 22:23], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b2, full_alt[:, 22:23], rtol=1e-9, atol=1e-9)
+
+
 def test_baseline_int8_payload_is_the_challenge_baseline_s():
     """parameter-golf.md §3.5: the baseline's int8 payload before zlib is 17,178,912 bytes."""
     from golf.export import quantize_backbone
