@@ -562,13 +562,17 @@ def match_transformer(hybrid_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[
     return cfg, info
 
 
-def _data_dirs(base: dict[str, Any], data_root: Path, vocabs: list[int]) -> tuple[str, dict[int, Path]]:
-    """(corpus stem, vocab -> data dir) for the vocab study: ``{data_root}/{stem}_sp{N}``, where stem comes from the
-    base config's data_dir name (austen_sp1024 -> austen) and is ``austen`` (the embedded corpus) otherwise."""
-    name = Path(str(_get(base, "data.data_dir", "data/austen_sp1024"))).name
-    m = re.fullmatch(r"(.+)_sp\d+", name)
+def _data_dirs(base: dict[str, Any], data_root: Path, vocabs: list[int]) -> tuple[str, dict[int, str]]:
+    """(corpus stem, vocab -> data dir) for the vocab and layout studies: ``{data_root}/{stem}_sp{N}``, where stem
+    comes from the base config's data_dir name (austen_sp1024 -> austen) and is ``austen`` (the embedded corpus)
+    otherwise; the base config's own data_dir, as written, where that is the same folder."""
+    base_dir = str(_get(base, "data.data_dir", "data/austen_sp1024"))
+    base_vocab = int(_get(base, "data.vocab_size", 1024))
+    m = re.fullmatch(r"(.+)_sp\d+", Path(base_dir).name)
     stem = m.group(1) if m else "austen"
-    return stem, {v: data_root / f"{stem}_sp{v}" for v in vocabs}
+    dirs = {v: data_root / f"{stem}_sp{v}" for v in vocabs}
+    return stem, {v: base_dir if v == base_vocab and d.resolve() == Path(base_dir).resolve() else str(d)
+                  for v, d in dirs.items()}
 
 
 def prepare_data(data_dir: Path, vocab: int, stem: str) -> None:
@@ -611,18 +615,11 @@ def plan_arms(base: dict[str, Any], studies: list[str], args) -> tuple[dict[str,
     if "arch" in studies:
         t = arm("transformer", base_vocab, base_dir, desc=f"transformer, parameter-matched, {base_name}")
         per_study["arch"] = [t, hybrid]
+    if {"vocab", "layout"} & set(studies):
+        notes["vocab_stem"], dirs = _data_dirs(base, Path(args.data_root), args.vocabs)
     if "vocab" in studies:
-        stem, dirs = _data_dirs(base, Path(args.data_root), args.vocabs)
-        names = []
-        for v in args.vocabs:
-            d = str(dirs[v]) if not (v == base_vocab and Path(dirs[v]).resolve() == Path(base_dir).resolve()) \
-                else base_dir
-            for a in ("transformer", "hybrid"):
-                names.append(arm(a, v, d))
-        per_study["vocab"] = names
-        notes["vocab_stem"] = stem
+        per_study["vocab"] = [arm(a, v, dirs[v]) for v in args.vocabs for a in ("transformer", "hybrid")]
     if "layout" in studies:
-        stem, dirs = _data_dirs(base, Path(args.data_root), args.vocabs)
         base_layout = str(_get(base, "model.backbone.layers"))
         layouts = list(dict.fromkeys(args.layouts or [base_layout, base_layout.replace("A", "S", 1)]))
         if len(layouts) != 2 or any(set(x) - {"A", "S"} or "S" not in x for x in layouts):
@@ -630,16 +627,14 @@ def plan_arms(base: dict[str, Any], studies: list[str], args) -> tuple[dict[str,
                             f"{base_layout.replace('A', 'S', 1)}); got {' '.join(layouts)}")
         names = []
         for v in args.vocabs:
-            d = str(dirs[v]) if not (v == base_vocab and Path(dirs[v]).resolve() == Path(base_dir).resolve()) \
-                else base_dir
             for layout in layouts:
                 if layout == base_layout:
-                    names.append(arm("hybrid", v, d))  # the vocab study's hybrid arm, trained once for both
+                    names.append(arm("hybrid", v, dirs[v]))  # the vocab study's hybrid arm, trained once for both
                 else:
-                    names.append(arm("hybrid", v, d, f"_{layout}", desc=f"hybrid {layout}, {Path(d).name}",
+                    names.append(arm("hybrid", v, dirs[v], f"_{layout}", desc=f"hybrid {layout}, {Path(dirs[v]).name}",
                                      model_over={"model.backbone.layers": layout}))
         per_study["layout"] = names
-        notes.update(vocab_stem=stem, layouts=layouts)
+        notes["layouts"] = layouts
     if "protect" in studies:
         arms[hybrid].variants.update({
             "int6_protect": {"quant": {"method": "int6", "protect": _default_protect()}},
@@ -1130,6 +1125,11 @@ def plot_remedies(comp: dict[str, Any], path: Path) -> Path | None:
 # =====================================================================================================================
 
 
+def _pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(first, second) of each consecutive pair: the vocab and layout studies list their arms two per vocabulary."""
+    return list(zip(names[::2], names[1::2]))
+
+
 def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: dict[str, Any], notes: dict,
                 args) -> dict[str, Any]:
     studies: dict[str, Any] = {}
@@ -1188,8 +1188,8 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
         studies["vocab"] = {"arms": arm_rows(with_seeds(names)), "corpus": notes.get("vocab_stem"),
                             "equal_tokens": equal_tokens(names)}
         if replicas:  # names come in (transformer, hybrid) pairs, one pair per vocabulary
-            studies["vocab"]["seeds"] = [across_seeds(names[i], names[i + 1], f"sp{arms[names[i]].vocab}: hybrid − "
-                                                      "transformer") for i in range(0, len(names) - 1, 2)]
+            studies["vocab"]["seeds"] = [across_seeds(t, h, f"sp{arms[t].vocab}: hybrid − transformer")
+                                         for t, h in _pairs(names)]
     extra = (results.get(hyb) or {}).get("extra") or {} if hyb else {}
     var = extra.get("variants") or {}
 
@@ -1220,9 +1220,8 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
         studies["calibration"] = d
     if "layout" in per_study:
         names, layouts = per_study["layout"], notes["layouts"]
-        pairs = [(names[i], names[i + 1]) for i in range(0, len(names) - 1, 2)]
         by_vocab = []
-        for a, b in pairs:
+        for a, b in _pairs(names):
             sa, sb = results[a].get("summary"), results[b].get("summary")
             by_vocab.append({"vocab": arms[a].vocab, "a": a, "b": b,
                              "post_mbpb": 1000 * (sb["post_bpb"] - sa["post_bpb"]) if sa and sb else None})
@@ -1230,7 +1229,7 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
                              "equal_tokens": equal_tokens(names)}
         if replicas:
             studies["layout"]["seeds"] = [across_seeds(a, b, f"sp{arms[a].vocab}: {layouts[1]} − {layouts[0]}")
-                                          for a, b in pairs]
+                                          for a, b in _pairs(names)]
     if "in_proj_optimizer" in per_study:
         muon, adam = per_study["in_proj_optimizer"]
         studies["in_proj_optimizer"] = {"arms": arm_rows(with_seeds([muon, adam])),

@@ -10,7 +10,6 @@ from golf.modules.config import BackboneConfig
 from golf.modules.layers import CastedLinear, Rotary, apply_rotary, rms_norm
 
 
-
 class KVCache:
     """Post-RoPE keys and values of the tokens seen so far (``k``, ``v``: ``[B, H_kv, L, D]``) in buffers with room to
     grow. Appending writes in place and the buffers double when full, so token-by-token generation copies O(L) in
@@ -42,14 +41,10 @@ class KVCache:
     def __getitem__(self, i: int) -> torch.Tensor:
         return (self.k, self.v)[i]
 
-    def __len__(self) -> int:
-        return 2
-
     def append(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
         """The cache with ``k``, ``v`` (``[B, H_kv, T, D]``) after its positions, in their dtype."""
         end = self.length + k.size(2)
-        fits = end <= self._k.size(2) and self._k.dtype == k.dtype and self._k.shape[:2] == k.shape[:2]
-        if fits and self._filled[0] == self.length:
+        if end <= self._k.size(2) and self._k.dtype == k.dtype and self._filled[0] == self.length:
             self._k[:, :, self.length : end] = k
             self._v[:, :, self.length : end] = v
             self._filled[0] = end
