@@ -1,7 +1,8 @@
 """Sweep the launch parameters of golf's SSM scan kernels on one GPU, so that the settings in
 ``golf/kernels/ssm_scan/{triton_chunk,triton_prologue}.py`` (``LAUNCH_CONFIG``) are measured, not guessed.
 
-    python benchmarks/kernel_configs.py [--batch 8] [--seqlen 4096] [--out benchmarks/results/kernel_configs.json]
+    python benchmarks/kernel_configs.py [--batch 8] [--seqlen 4096] [--groups prologue ...]
+        [--out benchmarks/results/kernel_configs.json]
 
 Each group of settings is swept with the other groups at their current values. A candidate is timed on the
 forward+backward of the part that runs it (``triton.testing.do_bench`` median; the GLA core for the GLA kernels, the
@@ -31,7 +32,8 @@ GLA_GROUPS = {
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8])
+PROLOGUE_GROUP = dict(bt=[32, 64], num_warps=[2, 4], bwd_num_warps=[4, 8], head_split=[1, 4],
+                      bwd_head_split=[1, 2, 4, 16])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
@@ -44,24 +46,29 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def run_and_grads(fn, leaves: list[torch.Tensor], dy_seed: int = 0) -> list[torch.Tensor]:
-    """Output and every leaf's gradient of one forward+backward (a fixed upstream gradient)."""
+def cotangents(outs: tuple[torch.Tensor, ...], seed: int = 0) -> list[torch.Tensor]:
+    """Fixed random upstream gradients, one per output."""
+    g = torch.Generator(device=outs[0].device).manual_seed(seed)
+    return [torch.randn(o.shape, generator=g, device=o.device, dtype=o.dtype) for o in outs]
+
+
+def run_and_grads(fn, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Outputs and every leaf's gradient of one forward+backward (fixed upstream gradients)."""
     for x in leaves:
         x.grad = None
-    out = fn()
-    g = torch.Generator(device=out.device).manual_seed(dy_seed)
-    out.backward(torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype))
-    return [out.detach().clone(), *(x.grad.detach().clone() for x in leaves)]
+    outs = fn()
+    torch.autograd.backward(outs, cotangents(outs))
+    return [*(o.detach().clone() for o in outs), *(x.grad.detach().clone() for x in leaves)]
 
 
 def timed(fn, leaves: list[torch.Tensor]) -> float:
     """Median ms of forward+backward (do_bench on a GPU; one host-clock run otherwise)."""
     def step():
-        fn().backward(dy)
+        torch.autograd.backward(fn(), dys)
 
-    out = fn()
-    dy = torch.randn_like(out)
-    if out.is_cuda:
+    outs = fn()
+    dys = cotangents(outs)
+    if outs[0].is_cuda:
         from triton.testing import do_bench
 
         return do_bench(step, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=4096)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernel_configs.json"))
+    ap.add_argument("--groups", nargs="+", default=None, metavar="NAME",
+                    help="sweep only these groups (gla_fwd_states gla_bwd_states gla_fwd_output gla_bwd_dqkvg prologue)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from golf.kernels.ssm_scan import triton_chunk, triton_prologue
@@ -111,12 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     pro_keys = ("q", "k", "dt", "trap", "q_bias", "k_bias", "angles")
     pro = {key: inp[key].detach().clone().requires_grad_() for key in pro_keys}
 
-    def gla_fn():
-        return gla_chunk(gla["q"], gla["k"], gla["v"], gla["g"], None, CHUNK)[0]
+    def gla_fn():  # each part returns its differentiable outputs; the sweep feeds them fixed random gradients
+        return gla_chunk(gla["q"], gla["k"], gla["v"], gla["g"], None, CHUNK)[:1]
 
     def prologue_fn():
-        q_rot, k_w, diag = mamba3_prologue(*(pro[key] for key in pro_keys), torch.bfloat16)
-        return q_rot.float() + 0.5 * k_w.float() + diag[..., None]  # one output that depends on all three
+        return mamba3_prologue(*(pro[key] for key in pro_keys), torch.bfloat16)
 
     result = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (PyTorch fallbacks: no kernel runs)",
                   torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = [(f"gla_{name}", triton_chunk.LAUNCH_CONFIG[name], space, gla_fn, gla_leaves)
               for name, space in GLA_GROUPS.items()]
     groups.append(("prologue", triton_prologue.LAUNCH_CONFIG, PROLOGUE_GROUP, prologue_fn, list(pro.values())))
+    groups = [g for g in groups if args.groups is None or g[0] in args.groups]
     print(f"device: {result['device']}  B {args.batch}  T {args.seqlen}  (* = current setting)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, config, space, fn, leaves in groups:

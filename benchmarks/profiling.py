@@ -1,20 +1,38 @@
-"""One call under torch.profiler, summarised as the top GPU kernels by self time (shared by the benchmarks)."""
+"""torch.profiler summaries shared by the benchmarks: the top GPU kernels by self time, and the window's wall time (so
+that GPU-busy time / wall time shows how much of a step the GPU idled)."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 
 
-def profile_step(step, top: int = 15) -> dict:
-    """One step under torch.profiler: the top GPU kernels (CPU ops on a CPU-only run) by self time, with shares."""
-    from torch.profiler import ProfilerActivity, profile
+class StepProfile:
+    """A profiler window opened by ``start()`` and closed by ``finish()`` (which synchronises the GPU first), for a
+    step whose beginning and end are hooks rather than one call (a Lightning step: batch end to batch end)."""
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
-        step()
+    def __init__(self, top: int = 15) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.top, self._prof = top, profile(activities=activities)
+
+    def start(self) -> StepProfile:
+        self._prof.__enter__()
+        self._t0 = time.perf_counter()
+        return self
+
+    def finish(self) -> dict:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-    events = prof.key_averages()
+        wall_ms = (time.perf_counter() - self._t0) * 1e3
+        self._prof.__exit__(None, None, None)
+        return summarize(self._prof.key_averages(), self.top, wall_ms)
+
+
+def summarize(events, top: int, wall_ms: float) -> dict:
+    """Top GPU kernels (CPU ops on a CPU-only run) by self time, with shares of the summed kernel time."""
     on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
     if on_gpu:
         timed = [(e.key, e.self_device_time_total, e.count) for e in on_gpu]
@@ -22,5 +40,12 @@ def profile_step(step, top: int = 15) -> dict:
         timed = [(e.key, e.self_cpu_time_total, e.count) for e in events]
     total = sum(t for _, t, _ in timed) or 1.0
     timed.sort(key=lambda r: -r[1])
-    return dict(clock="gpu kernels" if on_gpu else "cpu ops", total_ms=total / 1e3,
+    return dict(clock="gpu kernels" if on_gpu else "cpu ops", total_ms=total / 1e3, wall_ms=wall_ms,
                 top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
+
+
+def profile_step(step, top: int = 15) -> dict:
+    """One call of ``step`` under torch.profiler (see :class:`StepProfile`)."""
+    prof = StepProfile(top).start()
+    step()
+    return prof.finish()

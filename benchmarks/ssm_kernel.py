@@ -230,6 +230,8 @@ def profile_case(case: Case) -> dict:
     out = case.fn()
     dy = torch.randn_like(out)
     del out
+    for x in case.leaves:  # as in the timing: no gradient accumulation kernels from earlier calls' .grad
+        x.grad = None
     return profile_step(lambda: case.fn().backward(dy), top=20)
 
 
@@ -275,6 +277,24 @@ def case_makers(batch: int, seqlen: int) -> list:
     return makers
 
 
+def apply_launch_overrides(overrides: list[str]) -> dict:
+    """``prologue.KEY=V`` sets ``triton_prologue.LAUNCH_CONFIG[KEY]``, ``KERNEL.KEY=V`` ``triton_chunk``'s
+    ``LAUNCH_CONFIG[KERNEL][KEY]``; returns the applied overrides (recorded in the JSON)."""
+    from golf.kernels.ssm_scan import triton_chunk, triton_prologue
+
+    applied = {}
+    for item in overrides:
+        target, _, value = item.partition("=")
+        kernel, _, key = target.partition(".")
+        config = triton_prologue.LAUNCH_CONFIG if kernel == "prologue" else triton_chunk.LAUNCH_CONFIG.get(kernel)
+        if config is None or key not in config or not value:
+            raise SystemExit(f"--launch {item}: expected prologue.KEY=VALUE or KERNEL.KEY=VALUE with KERNEL one of "
+                             f"{sorted(triton_chunk.LAUNCH_CONFIG)} and an existing KEY")
+        config[key] = int(value)
+        applied[target] = int(value)
+    return applied
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ssm_kernel.json"))
@@ -283,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                         help="time only the rows whose name contains one of these texts")
+    parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES], metavar="BxL",
+                        help="shapes to time (default: %(default)s)")
+    parser.add_argument("--launch", nargs="+", default=[], metavar="KERNEL.KEY=VALUE",
+                        help="override golf's kernel launch settings for this run, e.g. prologue.bwd_head_split=4 "
+                             "or fwd_states.num_warps=2 (LAUNCH_CONFIG of triton_prologue / triton_chunk)")
     parser.add_argument("--profile", nargs="+", default=[], metavar="TEXT",
                         help="also profile one forward+backward of the rows whose name contains one of these texts "
                              "(top GPU kernels by self time, in the table's output and the JSON)")
@@ -293,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.insert(0, str(Path(path).resolve()))
     import triton
 
+    launch = apply_launch_overrides(args.launch)
+    shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes]
     torch.backends.cuda.matmul.allow_tf32 = True
     rows = []
     result = dict(
@@ -302,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         dtype="bfloat16",
         chunk_size=CHUNK,
+        launch_overrides=launch,
         rows=rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {result['device']}  torch {torch.__version__}  triton {triton.__version__}")
     print(header)
     print("-" * len(header))
-    for batch, seqlen in SHAPES:
+    for batch, seqlen in shapes:
         for name, make in case_makers(batch, seqlen):
             if args.only and not any(text in name for text in args.only):
                 continue

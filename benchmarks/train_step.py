@@ -9,7 +9,8 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
-torch.profiler summary of one bare-loop step (top GPU kernels and their share of GPU time); --cold-compile
+torch.profiler summary of one step after the timed ones, for the golf and the bare row (top GPU kernels, their
+share of GPU time, and the step's wall time: kernel time / wall time is how busy the GPU was); --cold-compile
 empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
 
 Rows per config, at the config's global batch (524,288 tokens at seq 1024 for the baseline, 1,048,576 at seq 4096
@@ -130,19 +131,30 @@ class StepTimer:
         return (self.t1 - self.t0) / max(self.n, 1)
 
 
-def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1) -> dict:
+def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1, profile: bool = False) -> dict:
     from lightning.pytorch.callbacks import Callback
+
+    from profiling import StepProfile  # benchmarks/profiling.py, beside this script
 
     t_start = time.perf_counter()
     timer = StepTimer(warmup, t_start)
+    last = warmup + steps
+    profiled = {}
 
     class Timing(Callback):
+        """Times steps warmup..last; with ``profile``, one more step under torch.profiler, from the end of the last
+        timed step's hooks to the end of the next one's (Lightning's between-step work included, as users pay it)."""
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             timer.step_done(trainer.global_step)
-            if trainer.global_step == warmup + steps:
+            if trainer.global_step == last:
                 timer.ms = timer.finish() * 1e3
+                if profile:
+                    self.window = StepProfile().start()
+            elif trainer.global_step == last + 1 and profile:
+                profiled["profile"] = self.window.finish()
 
-    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={warmup + steps}",
+    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + int(profile)}",
                                    "--trainer.val_check_interval=100000", "--trainer.logger=false",
                                    "--trainer.enable_checkpointing=false",
                                    *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
@@ -156,7 +168,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
     trainer.fit(cli.model, cli.datamodule)
     return dict(ms_per_step=timer.ms, compile_warmup_s=timer.compile_s, peak_mem_gb=peak_mem_gb(), devices=devices,
                 rank=trainer.global_rank, model=cli.model, tokens_per_step=cli.datamodule.train_batch_tokens,
-                seq_len=cli.datamodule.seq_len)
+                seq_len=cli.datamodule.seq_len, **profiled)
 
 
 def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool = False) -> dict:
@@ -258,7 +270,7 @@ def run_rows(args) -> list[dict]:
             t0 = time.perf_counter()
             try:
                 if kind == "golf":
-                    r = row_golf(config, data_dir, args.steps, args.warmup, args.devices)
+                    r = row_golf(config, data_dir, args.steps, args.warmup, args.devices, args.profile)
                 elif kind == "bare":
                     r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
                 elif "@" in config:  # a variant of a config: its peer row is the plain config's
@@ -340,7 +352,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         if "profile" in r:
             prof = r["profile"]
-            print(f"\nprofile, one bare-loop step of {r['config']}: {prof['total_ms']:.1f} ms of {prof['clock']}")
+            print(f"\nprofile, one {r['row']} step of {r['config']}: {prof['total_ms']:.1f} ms of {prof['clock']} in "
+                  f"{prof['wall_ms']:.1f} ms of wall time")
             for k in prof["top"]:
                 print(f"  {k['share']:>6.1%} {k['ms']:>9.2f} ms {k['calls']:>5}x  {k['name']}")
 
@@ -359,7 +372,7 @@ def main() -> None:
                     "(its step times so far are still read)")
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one bare-loop step")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one golf and one bare step")
     ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "
                     "its first row's compile column is a cold start (later rows of the config reuse that cache)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")

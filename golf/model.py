@@ -301,7 +301,10 @@ class GolfLM(pl.LightningModule):
         # One LightningOptimizer.step() per batch: Lightning counts it as one global step.
         loss = self._step(batch, self.optimizers())
         self.last_loss = loss
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # In the progress bar only when one is shown: Lightning turns every progress-bar metric into a Python number
+        # (``.item()``, a host sync) at every batch end, shown or not. The logger reads it every log_every_n_steps.
+        self.log("train_loss", loss, prog_bar=self.trainer.progress_bar_callback is not None, on_step=True,
+                 on_epoch=False)
         # A host tensor: Lightning turns a Python number into a tensor on the module's device, a blocking copy that
         # would make the host wait for the whole step, every step, before it queues the next one.
         self.log("lr_scale", torch.tensor(self.lr_scale), on_step=True, on_epoch=False)

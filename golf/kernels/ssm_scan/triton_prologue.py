@@ -16,7 +16,9 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
   G = 1 q and k are read once per block and the head sums of dq, dk are accumulated in registers (deterministic,
-  no atomics, no per-head fp32 copies).
+  no atomics, no per-head fp32 copies). ``head_split`` / ``bwd_head_split`` > 1 spread a group's heads over that
+  many programs (grid (NT, B*G, split)): more programs in flight against a serial head loop, at the price of
+  re-reading q, k per program and, in the backward, ``split`` fp32 partial dq, dk that the launcher sums.
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
   cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the in-block reverse
   cumsum (into the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) adds the sum of the
@@ -47,9 +49,11 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
-# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops). Not tuned on a
-# GPU yet; the backward holds about twice the forward's live (BT, N) tiles, hence more warps.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8}
+# Launch parameters. BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; head_split /
+# bwd_head_split: programs per (T-block, b, group), each taking H/G/split of the group's heads (more programs in
+# flight; the backward then writes that many fp32 partial dq, dk, summed by the launcher). Not tuned on a GPU yet.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "head_split": 1,
+                                 "bwd_head_split": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,12 +150,13 @@ def _prologue_fwd(
     q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+    HS: tl.constexpr,
 ):  # fmt: skip
-    HPG: tl.constexpr = H // G
+    HPP: tl.constexpr = H // G // HS  # heads per program
     NH: tl.constexpr = N // 2
     i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
-    for i in range(HPG):
-        i_h = i_g * HPG + i
+    for i in range(HPP):
+        i_h = (i_g * HS + tl.program_id(2)) * HPP + i
         _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
@@ -172,20 +177,22 @@ def _prologue_bwd(
     dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
-    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr,
+    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, HS: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
-    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
-    HPG: tl.constexpr = H // G
+    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over this program's heads
+    (the group's heads, or with HS > 1 one of HS slices of them, into slice ``program_id(2)`` of ``[HS, B, T, G, N]``)."""
+    HPP: tl.constexpr = H // G // HS  # heads per program
     NH: tl.constexpr = N // 2
     i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     offs_j = tl.arange(0, NH)
     m_j = offs_j < R
     b_dq = tl.zeros([BT, N], dtype=tl.float32)
     b_dk = tl.zeros([BT, N], dtype=tl.float32)
-    for i in range(HPG):
-        i_h = i_g * HPG + i
+    i_s = tl.program_id(2)
+    for i in range(HPP):
+        i_h = (i_g * HS + i_s) * HPP + i
         b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
@@ -222,8 +229,9 @@ def _prologue_bwd(
         bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
         tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
         tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
-    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
-    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+    part = i_s.to(tl.int64) * tl.num_programs(1) * T * N  # slice i_s of [HS, B, T, G, N]; num_programs(1) = B G
+    tl.store(dq + part + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dk + part + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -289,6 +297,14 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     return inputs, (b, t, g, n, h, r, nt), carry
 
 
+def _head_split(heads_per_group: int, split: int) -> int:
+    """The split actually used: the largest divisor of the group's head count that is <= the configured one."""
+    split = max(1, min(split, heads_per_group))
+    while heads_per_group % split:
+        split -= 1
+    return split
+
+
 def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
     """theta at the start of every T-block, ``[B, H, NT, N/2]`` fp32 (a 1-element dummy when R == 0)."""
     b, t, h, r = angles.shape
@@ -314,9 +330,10 @@ def mamba3_prologue_fwd_triton(
     q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
-    _prologue_fwd[(nt, b * g)](
+    hs = _head_split(h // g, LAUNCH_CONFIG["head_split"])
+    _prologue_fwd[(nt, b * g, hs)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, HS=hs, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag
 
@@ -333,19 +350,22 @@ def mamba3_prologue_bwd_triton(
     bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
     ddiag = ddiag.float().contiguous() if ddiag is not None else None
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    hs = _head_split(h // g, LAUNCH_CONFIG["bwd_head_split"])
+    dq, dk = (torch.empty_like(q) if hs == 1 else q.new_empty(hs, *q.shape, dtype=torch.float32) for _ in range(2))
     ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
     dang = dt.new_empty(b, t, h, r)
     dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
     dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))
-    _prologue_bwd[(nt, b * g)](
+    _prologue_bwd[(nt, b * g, hs)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None,
+        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, HS=hs,
         num_warps=LAUNCH_CONFIG["bwd_num_warps"],
     )  # fmt: skip
     _prologue_bwd_fix[(nt, b * h)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
         H=h, R=r, NH=n // 2, BT=bt, CB=cb, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
+    if hs > 1:
+        dq, dk = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype)
     return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
