@@ -25,9 +25,13 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient crosses block edges).
   Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a
   sequential backward.
-* Rotation pairs (2j, 2j+1) are handled by loading contiguous ``[BT, N]`` rows and splitting them with
-  ``reshape + split`` (joined back before the store), so loads and stores stay contiguous. Theta is kept for all
-  N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0 (cos 1, sin 0).
+* Rotation pairs (2j, 2j+1) are loaded and stored as two (BT, N/2) tiles, the even and the odd elements (two
+  stride-2 accesses to the same cache lines), so the rotation, its transpose and the angle derivative are plain
+  elementwise math. (The first version loaded contiguous (BT, N) rows and split them with ``reshape + split``, six
+  splits per head in the backward, each a layout shuffle; on an H200 that backward took 0.59 ms at the shape below,
+  ~6x its memory traffic, and splitting the heads over more programs did not change it.)
+  Theta is kept for all N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0
+  (cos 1, sin 0).
 
 Bytes at the shape above, bf16, G = 1, R = 16, angles shared by heads (the module passes a stride-0 ``expand``; the
 kernels take angles' strides, so the view is never materialised): forward reads q, k (8 MB) + dt, trap, angles
@@ -90,25 +94,29 @@ def _theta_carry(
 
 @triton.jit
 def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
-    """This program's T-block of one (b, group): ids, rows and their mask, q/k offsets, and q, k in fp32 (BT, N)."""
+    """This program's T-block of one (b, group): ids, rows and their mask, the offsets of the even elements of the
+    q/k rows, and q, k in fp32 as even/odd halves (BT, N/2) -- the two members of each rotated pair."""
+    NH: tl.constexpr = N // 2
     i_t, i_bg = tl.program_id(0), tl.program_id(1)
     i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
     rows = i_t * BT + tl.arange(0, BT)
     m_t = rows < T
-    offs_n = tl.arange(0, N)
-    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
-    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    return i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + 2 * tl.arange(0, NH)[None, :]
+    b_q0 = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_q1 = tl.load(q + qk_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k0 = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k1 = tl.load(k + qk_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
+    return i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1
 
 
 @triton.jit
 def _head_step(
-    dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
+    dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
+    s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
-    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
-    biased q, k and the trapezoid weight w."""
+    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, the trapezoid weight w, cos/sin of
+    theta (BT, N/2), and the biased q, k as even/odd halves."""
     NH: tl.constexpr = N // 2
     offs = (i_b * T + rows) * H + i_h
     b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
@@ -125,24 +133,10 @@ def _head_step(
     else:  # unused
         b_cos = tl.full([BT, NH], 1.0, dtype=tl.float32)
         b_sin = tl.zeros([BT, NH], dtype=tl.float32)
-    b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
-    b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
-    return b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_trap * b_dt + b_bn
-
-
-@triton.jit
-def _rot(x, c, s, BT: tl.constexpr, NH: tl.constexpr):
-    """Rotate the adjacent pairs of the (BT, 2 NH) tile x by the angles of (c, s) = (cos, sin), each (BT, NH)."""
-    x0, x1 = tl.split(tl.reshape(x, [BT, NH, 2]))
-    return tl.reshape(tl.join(x0 * c - x1 * s, x0 * s + x1 * c), [BT, 2 * NH])
-
-
-@triton.jit
-def _pair_cross(g, y, BT: tl.constexpr, NH: tl.constexpr):
-    """Per pair: ``g1 y0 - g0 y1``, the theta-derivative of ``g . rot(x, theta)`` where ``y = rot(x, theta)``."""
-    g0, g1 = tl.split(tl.reshape(g, [BT, NH, 2]))
-    y0, y1 = tl.split(tl.reshape(y, [BT, NH, 2]))
-    return g1 * y0 - g0 * y1
+    bias = i_h * N + 2 * offs_j
+    b_qb0, b_qb1 = b_q0 + tl.load(q_bias + bias)[None, :], b_q1 + tl.load(q_bias + bias + 1)[None, :]
+    b_kb0, b_kb1 = b_k0 + tl.load(k_bias + bias)[None, :], b_k1 + tl.load(k_bias + bias + 1)[None, :]
+    return b_dt, b_trap, b_bn, b_trap * b_dt + b_bn, b_cos, b_sin, b_qb0, b_qb1, b_kb0, b_kb1
 
 
 @triton.jit
@@ -154,21 +148,21 @@ def _prologue_fwd(
 ):  # fmt: skip
     HPP: tl.constexpr = H // G // HS  # heads per program
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
+    i_t, i_b, i_g, rows, m_t, _, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
     for i in range(HPP):
         i_h = (i_g * HS + tl.program_id(2)) * HPP + i
-        _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
+        _, _, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
         )  # fmt: skip
-        b_qr, b_kr = b_qb, b_kb
-        if HAS_ROT:
-            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
         offs = (i_b * T + rows) * H + i_h
-        out_offs = offs[:, None] * N + offs_n[None, :]
-        tl.store(q_rot + out_offs, b_qr.to(q_rot.dtype.element_ty), mask=m_t[:, None])
-        tl.store(k_w + out_offs, (b_kr * b_w[:, None]).to(k_w.dtype.element_ty), mask=m_t[:, None])
-        tl.store(diag + offs, b_bn * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+        out_offs = offs[:, None] * N + 2 * tl.arange(0, NH)[None, :]
+        out_ty = q_rot.dtype.element_ty
+        tl.store(q_rot + out_offs, (qb0 * c - qb1 * s).to(out_ty), mask=m_t[:, None])
+        tl.store(q_rot + out_offs + 1, (qb0 * s + qb1 * c).to(out_ty), mask=m_t[:, None])
+        tl.store(k_w + out_offs, ((kb0 * c - kb1 * s) * b_w[:, None]).to(out_ty), mask=m_t[:, None])
+        tl.store(k_w + out_offs + 1, ((kb0 * s + kb1 * c) * b_w[:, None]).to(out_ty), mask=m_t[:, None])
+        tl.store(diag + offs, b_bn * tl.sum(qb0 * kb0 + qb1 * kb1, axis=1), mask=m_t)
 
 
 @triton.jit
@@ -182,56 +176,67 @@ def _prologue_bwd(
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
     block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over this program's heads
-    (the group's heads, or with HS > 1 one of HS slices of them, into slice ``program_id(2)`` of ``[HS, B, T, G, N]``)."""
+    (the group's heads, or with HS > 1 one of HS slices of them, into slice ``program_id(2)`` of ``[HS, B, T, G, N]``).
+    Each rotated pair (2j, 2j+1) is held as two (BT, N/2) tiles: the rotation and its transpose are elementwise."""
     HPP: tl.constexpr = H // G // HS  # heads per program
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
+    i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
     offs_j = tl.arange(0, NH)
     m_j = offs_j < R
-    b_dq = tl.zeros([BT, N], dtype=tl.float32)
-    b_dk = tl.zeros([BT, N], dtype=tl.float32)
+    b_dq0 = tl.zeros([BT, NH], dtype=tl.float32)
+    b_dq1 = tl.zeros([BT, NH], dtype=tl.float32)
+    b_dk0 = tl.zeros([BT, NH], dtype=tl.float32)
+    b_dk1 = tl.zeros([BT, NH], dtype=tl.float32)
     i_s = tl.program_id(2)
     for i in range(HPP):
         i_h = (i_g * HS + i_s) * HPP + i
-        b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
+        b_dt, b_trap, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
         )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
-        g_offs = offs[:, None] * N + offs_n[None, :]
-        b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-        b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        g_offs = offs[:, None] * N + 2 * offs_j[None, :]
+        gq0 = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        gq1 = tl.load(dq_rot + g_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
+        gk0 = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        gk1 = tl.load(dk_w + g_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
         if HAS_DDIAG:
             b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
         else:
             b_gd = tl.zeros([BT], dtype=tl.float32)
-        b_gkr = b_gk * b_w[:, None]  # gradient of the rotated k
+        kr0, kr1 = kb0 * c - kb1 * s, kb0 * s + kb1 * c  # rotated k (identity without rotation: c 1, s 0)
+        gkr0, gkr1 = gk0 * b_w[:, None], gk1 * b_w[:, None]  # gradient of the rotated k
+        # transposed rotation (by -theta) of the gradients
+        dqb0, dqb1 = gq0 * c + gq1 * s, gq1 * c - gq0 * s
+        dkb0, dkb1 = gkr0 * c + gkr1 * s, gkr1 * c - gkr0 * s
         if HAS_ROT:
-            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
-            # transposed rotation (by -theta) of the gradients
-            b_dqb, b_dkb = _rot(b_gq, b_cos, -b_sin, BT, NH), _rot(b_gkr, b_cos, -b_sin, BT, NH)
-            b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
+            qr0, qr1 = qb0 * c - qb1 * s, qb0 * s + qb1 * c
+            b_dth = (gq1 * qr0 - gq0 * qr1) + (gkr1 * kr0 - gkr0 * kr1)  # d/dtheta of g . rot(x, theta), per pair
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
             b_rc = tl.cumsum(b_dth, axis=0, reverse=True)
             tl.store(dang + offs[:, None] * R + offs_j[None, :], b_rc, mask=m_t[:, None] & m_j[None, :])
             tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
-        else:
-            b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
-        b_dw = tl.sum(b_gk * b_kr, axis=1)
-        b_gdbn = b_gd * b_bn
-        b_dqb += b_gdbn[:, None] * b_kb
-        b_dkb += b_gdbn[:, None] * b_qb
-        b_dq += b_dqb
-        b_dk += b_dkb
+        b_dw = tl.sum(gk0 * kr0 + gk1 * kr1, axis=1)
+        b_qk = tl.sum(qb0 * kb0 + qb1 * kb1, axis=1)
+        b_gdbn = (b_gd * b_bn)[:, None]
+        dqb0, dqb1 = dqb0 + b_gdbn * kb0, dqb1 + b_gdbn * kb1
+        dkb0, dkb1 = dkb0 + b_gdbn * qb0, dkb1 + b_gdbn * qb1
+        b_dq0, b_dq1 = b_dq0 + dqb0, b_dq1 + dqb1
+        b_dk0, b_dk1 = b_dk0 + dkb0, b_dk1 + dkb1
         tl.store(ddt + offs, b_dw * b_trap, mask=m_t)
         tl.store(dtrap + offs, b_dw * b_dt, mask=m_t)
-        tl.store(dbn + offs, b_dw + b_gd * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
-        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
-        tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
-        tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
+        tl.store(dbn + offs, b_dw + b_gd * b_qk, mask=m_t)
+        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + 2 * offs_j
+        tl.store(dq_bias + bias_offs, tl.sum(dqb0, axis=0))
+        tl.store(dq_bias + bias_offs + 1, tl.sum(dqb1, axis=0))
+        tl.store(dk_bias + bias_offs, tl.sum(dkb0, axis=0))
+        tl.store(dk_bias + bias_offs + 1, tl.sum(dkb1, axis=0))
     part = i_s.to(tl.int64) * tl.num_programs(1) * T * N  # slice i_s of [HS, B, T, G, N]; num_programs(1) = B G
-    tl.store(dq + part + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
-    tl.store(dk + part + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+    out_ty = dq.dtype.element_ty
+    tl.store(dq + part + qk_offs, b_dq0.to(out_ty), mask=m_t[:, None])
+    tl.store(dq + part + qk_offs + 1, b_dq1.to(out_ty), mask=m_t[:, None])
+    tl.store(dk + part + qk_offs, b_dk0.to(out_ty), mask=m_t[:, None])
+    tl.store(dk + part + qk_offs + 1, b_dk1.to(out_ty), mask=m_t[:, None])
 
 
 @triton.jit
