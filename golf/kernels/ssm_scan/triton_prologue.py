@@ -148,10 +148,10 @@ def _prologue_fwd(
 ):  # fmt: skip
     HPP: tl.constexpr = H // G // HS  # heads per program
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, rows, m_t, _, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
+    i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
     for i in range(HPP):
         i_h = (i_g * HS + tl.program_id(2)) * HPP + i
-        _, _, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
+        b_dt, b_trap, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
         )  # fmt: skip
