@@ -32,8 +32,7 @@ GLA_GROUPS = {
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[32, 64], num_warps=[2, 4], bwd_num_warps=[4, 8], head_split=[1, 4],
-                      bwd_head_split=[1, 2, 4, 16])
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES], metavar="BxL",
                         help="shapes to time (default: %(default)s)")
     parser.add_argument("--launch", nargs="+", default=[], metavar="KERNEL.KEY=VALUE",
-                        help="override golf's kernel launch settings for this run, e.g. prologue.bwd_head_split=4 "
+                        help="override golf's kernel launch settings for this run, e.g. prologue.bt=64 "
                              "or fwd_states.num_warps=2 (LAUNCH_CONFIG of triton_prologue / triton_chunk)")
     parser.add_argument("--profile", nargs="+", default=[], metavar="TEXT",
                         help="also profile one forward+backward of the rows whose name contains one of these texts "

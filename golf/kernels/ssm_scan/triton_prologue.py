@@ -16,22 +16,16 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
   G = 1 q and k are read once per block and the head sums of dq, dk are accumulated in registers (deterministic,
-  no atomics, no per-head fp32 copies). ``head_split`` / ``bwd_head_split`` > 1 spread a group's heads over that
-  many programs (grid (NT, B*G, split)): more programs in flight against a serial head loop, at the price of
-  re-reading q, k per program and, in the backward, ``split`` fp32 partial dq, dk that the launcher sums.
+  no atomics, no per-head fp32 copies).
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
   cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the in-block reverse
   cumsum (into the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) adds the sum of the
   later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient crosses block edges).
   Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a
   sequential backward.
-* Rotation pairs (2j, 2j+1) are loaded and stored as two (BT, N/2) tiles, the even and the odd elements (two
-  stride-2 accesses to the same cache lines), so the rotation, its transpose and the angle derivative are plain
-  elementwise math. (The first version loaded contiguous (BT, N) rows and split them with ``reshape + split``, six
-  splits per head in the backward, each a layout shuffle; on an H200 that backward took 0.59 ms at the shape below,
-  ~6x its memory traffic, and splitting the heads over more programs did not change it.)
-  Theta is kept for all N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0
-  (cos 1, sin 0).
+* Rotation pairs (2j, 2j+1) are handled by loading contiguous ``[BT, N]`` rows and splitting them with
+  ``reshape + split`` (joined back before the store), so loads and stores stay contiguous. Theta is kept for all
+  N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0 (cos 1, sin 0).
 
 Bytes at the shape above, bf16, G = 1, R = 16, angles shared by heads (the module passes a stride-0 ``expand``; the
 kernels take angles' strides, so the view is never materialised): forward reads q, k (8 MB) + dt, trap, angles
@@ -53,11 +47,9 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
-# Launch parameters. BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; head_split /
-# bwd_head_split: programs per (T-block, b, group), each taking H/G/split of the group's heads (more programs in
-# flight; the backward then writes that many fp32 partial dq, dk, summed by the launcher). Not tuned on a GPU yet.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "head_split": 1,
-                                 "bwd_head_split": 1}
+# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops). Not tuned on a
+# GPU yet; the backward holds about twice the forward's live (BT, N) tiles, hence more warps.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,29 +86,25 @@ def _theta_carry(
 
 @triton.jit
 def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
-    """This program's T-block of one (b, group): ids, rows and their mask, the offsets of the even elements of the
-    q/k rows, and q, k in fp32 as even/odd halves (BT, N/2) -- the two members of each rotated pair."""
-    NH: tl.constexpr = N // 2
+    """This program's T-block of one (b, group): ids, rows and their mask, q/k offsets, and q, k in fp32 (BT, N)."""
     i_t, i_bg = tl.program_id(0), tl.program_id(1)
     i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
     rows = i_t * BT + tl.arange(0, BT)
     m_t = rows < T
-    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + 2 * tl.arange(0, NH)[None, :]
-    b_q0 = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_q1 = tl.load(q + qk_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_k0 = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    b_k1 = tl.load(k + qk_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
-    return i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1
+    offs_n = tl.arange(0, N)
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    return i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k
 
 
 @triton.jit
 def _head_step(
-    dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
-    s_ab, s_at, s_ah, s_ar,
+    dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
-    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, the trapezoid weight w, cos/sin of
-    theta (BT, N/2), and the biased q, k as even/odd halves."""
+    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
+    biased q, k and the trapezoid weight w."""
     NH: tl.constexpr = N // 2
     offs = (i_b * T + rows) * H + i_h
     b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
@@ -133,10 +121,24 @@ def _head_step(
     else:  # unused
         b_cos = tl.full([BT, NH], 1.0, dtype=tl.float32)
         b_sin = tl.zeros([BT, NH], dtype=tl.float32)
-    bias = i_h * N + 2 * offs_j
-    b_qb0, b_qb1 = b_q0 + tl.load(q_bias + bias)[None, :], b_q1 + tl.load(q_bias + bias + 1)[None, :]
-    b_kb0, b_kb1 = b_k0 + tl.load(k_bias + bias)[None, :], b_k1 + tl.load(k_bias + bias + 1)[None, :]
-    return b_dt, b_trap, b_bn, b_trap * b_dt + b_bn, b_cos, b_sin, b_qb0, b_qb1, b_kb0, b_kb1
+    b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
+    b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
+    return b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_trap * b_dt + b_bn
+
+
+@triton.jit
+def _rot(x, c, s, BT: tl.constexpr, NH: tl.constexpr):
+    """Rotate the adjacent pairs of the (BT, 2 NH) tile x by the angles of (c, s) = (cos, sin), each (BT, NH)."""
+    x0, x1 = tl.split(tl.reshape(x, [BT, NH, 2]))
+    return tl.reshape(tl.join(x0 * c - x1 * s, x0 * s + x1 * c), [BT, 2 * NH])
+
+
+@triton.jit
+def _pair_cross(g, y, BT: tl.constexpr, NH: tl.constexpr):
+    """Per pair: ``g1 y0 - g0 y1``, the theta-derivative of ``g . rot(x, theta)`` where ``y = rot(x, theta)``."""
+    g0, g1 = tl.split(tl.reshape(g, [BT, NH, 2]))
+    y0, y1 = tl.split(tl.reshape(y, [BT, NH, 2]))
+    return g1 * y0 - g0 * y1
 
 
 @triton.jit
@@ -144,25 +146,24 @@ def _prologue_fwd(
     q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
-    HS: tl.constexpr,
 ):  # fmt: skip
-    HPP: tl.constexpr = H // G // HS  # heads per program
+    HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
-    for i in range(HPP):
-        i_h = (i_g * HS + tl.program_id(2)) * HPP + i
-        b_dt, b_trap, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
+    for i in range(HPG):
+        i_h = i_g * HPG + i
+        _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
         )  # fmt: skip
+        b_qr, b_kr = b_qb, b_kb
+        if HAS_ROT:
+            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
         offs = (i_b * T + rows) * H + i_h
-        out_offs = offs[:, None] * N + 2 * tl.arange(0, NH)[None, :]
-        out_ty = q_rot.dtype.element_ty
-        tl.store(q_rot + out_offs, (qb0 * c - qb1 * s).to(out_ty), mask=m_t[:, None])
-        tl.store(q_rot + out_offs + 1, (qb0 * s + qb1 * c).to(out_ty), mask=m_t[:, None])
-        tl.store(k_w + out_offs, ((kb0 * c - kb1 * s) * b_w[:, None]).to(out_ty), mask=m_t[:, None])
-        tl.store(k_w + out_offs + 1, ((kb0 * s + kb1 * c) * b_w[:, None]).to(out_ty), mask=m_t[:, None])
-        tl.store(diag + offs, b_bn * tl.sum(qb0 * kb0 + qb1 * kb1, axis=1), mask=m_t)
+        out_offs = offs[:, None] * N + offs_n[None, :]
+        tl.store(q_rot + out_offs, b_qr.to(q_rot.dtype.element_ty), mask=m_t[:, None])
+        tl.store(k_w + out_offs, (b_kr * b_w[:, None]).to(k_w.dtype.element_ty), mask=m_t[:, None])
+        tl.store(diag + offs, b_bn * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
 
 
 @triton.jit
@@ -171,72 +172,58 @@ def _prologue_bwd(
     dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
-    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, HS: tl.constexpr,
+    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
-    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over this program's heads
-    (the group's heads, or with HS > 1 one of HS slices of them, into slice ``program_id(2)`` of ``[HS, B, T, G, N]``).
-    Each rotated pair (2j, 2j+1) is held as two (BT, N/2) tiles: the rotation and its transpose are elementwise."""
-    HPP: tl.constexpr = H // G // HS  # heads per program
+    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
+    HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, rows, m_t, qk_offs, b_q0, b_q1, b_k0, b_k1 = _qk_block(q, k, T, G, N, BT)
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     offs_j = tl.arange(0, NH)
     m_j = offs_j < R
-    b_dq0 = tl.zeros([BT, NH], dtype=tl.float32)
-    b_dq1 = tl.zeros([BT, NH], dtype=tl.float32)
-    b_dk0 = tl.zeros([BT, NH], dtype=tl.float32)
-    b_dk1 = tl.zeros([BT, NH], dtype=tl.float32)
-    i_s = tl.program_id(2)
-    for i in range(HPP):
-        i_h = (i_g * HS + i_s) * HPP + i
-        b_dt, b_trap, b_bn, b_w, c, s, qb0, qb1, kb0, kb1 = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q0, b_q1, b_k0, b_k1, i_b, i_h, i_t, rows, m_t, T, NT,
+    b_dq = tl.zeros([BT, N], dtype=tl.float32)
+    b_dk = tl.zeros([BT, N], dtype=tl.float32)
+    for i in range(HPG):
+        i_h = i_g * HPG + i
+        b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
         )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
-        g_offs = offs[:, None] * N + 2 * offs_j[None, :]
-        gq0 = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-        gq1 = tl.load(dq_rot + g_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
-        gk0 = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-        gk1 = tl.load(dk_w + g_offs + 1, mask=m_t[:, None], other=0.0).to(tl.float32)
+        g_offs = offs[:, None] * N + offs_n[None, :]
+        b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
         if HAS_DDIAG:
             b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
         else:
             b_gd = tl.zeros([BT], dtype=tl.float32)
-        kr0, kr1 = kb0 * c - kb1 * s, kb0 * s + kb1 * c  # rotated k (identity without rotation: c 1, s 0)
-        gkr0, gkr1 = gk0 * b_w[:, None], gk1 * b_w[:, None]  # gradient of the rotated k
-        # transposed rotation (by -theta) of the gradients
-        dqb0, dqb1 = gq0 * c + gq1 * s, gq1 * c - gq0 * s
-        dkb0, dkb1 = gkr0 * c + gkr1 * s, gkr1 * c - gkr0 * s
+        b_gkr = b_gk * b_w[:, None]  # gradient of the rotated k
         if HAS_ROT:
-            qr0, qr1 = qb0 * c - qb1 * s, qb0 * s + qb1 * c
-            b_dth = (gq1 * qr0 - gq0 * qr1) + (gkr1 * kr0 - gkr0 * kr1)  # d/dtheta of g . rot(x, theta), per pair
+            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
+            # transposed rotation (by -theta) of the gradients
+            b_dqb, b_dkb = _rot(b_gq, b_cos, -b_sin, BT, NH), _rot(b_gkr, b_cos, -b_sin, BT, NH)
+            b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
             b_rc = tl.cumsum(b_dth, axis=0, reverse=True)
             tl.store(dang + offs[:, None] * R + offs_j[None, :], b_rc, mask=m_t[:, None] & m_j[None, :])
             tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
-        b_dw = tl.sum(gk0 * kr0 + gk1 * kr1, axis=1)
-        b_qk = tl.sum(qb0 * kb0 + qb1 * kb1, axis=1)
-        b_gdbn = (b_gd * b_bn)[:, None]
-        dqb0, dqb1 = dqb0 + b_gdbn * kb0, dqb1 + b_gdbn * kb1
-        dkb0, dkb1 = dkb0 + b_gdbn * qb0, dkb1 + b_gdbn * qb1
-        b_dq0, b_dq1 = b_dq0 + dqb0, b_dq1 + dqb1
-        b_dk0, b_dk1 = b_dk0 + dkb0, b_dk1 + dkb1
+        else:
+            b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
+        b_dw = tl.sum(b_gk * b_kr, axis=1)
+        b_gdbn = b_gd * b_bn
+        b_dqb += b_gdbn[:, None] * b_kb
+        b_dkb += b_gdbn[:, None] * b_qb
+        b_dq += b_dqb
+        b_dk += b_dkb
         tl.store(ddt + offs, b_dw * b_trap, mask=m_t)
         tl.store(dtrap + offs, b_dw * b_dt, mask=m_t)
-        tl.store(dbn + offs, b_dw + b_gd * b_qk, mask=m_t)
-        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + 2 * offs_j
-        tl.store(dq_bias + bias_offs, tl.sum(dqb0, axis=0))
-        tl.store(dq_bias + bias_offs + 1, tl.sum(dqb1, axis=0))
-        tl.store(dk_bias + bias_offs, tl.sum(dkb0, axis=0))
-        tl.store(dk_bias + bias_offs + 1, tl.sum(dkb1, axis=0))
-    part = i_s.to(tl.int64) * tl.num_programs(1) * T * N  # slice i_s of [HS, B, T, G, N]; num_programs(1) = B G
-    out_ty = dq.dtype.element_ty
-    tl.store(dq + part + qk_offs, b_dq0.to(out_ty), mask=m_t[:, None])
-    tl.store(dq + part + qk_offs + 1, b_dq1.to(out_ty), mask=m_t[:, None])
-    tl.store(dk + part + qk_offs, b_dk0.to(out_ty), mask=m_t[:, None])
-    tl.store(dk + part + qk_offs + 1, b_dk1.to(out_ty), mask=m_t[:, None])
+        tl.store(dbn + offs, b_dw + b_gd * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
+        tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
+        tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
+    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -302,14 +289,6 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     return inputs, (b, t, g, n, h, r, nt), carry
 
 
-def _head_split(heads_per_group: int, split: int) -> int:
-    """The split actually used: the largest divisor of the group's head count that is <= the configured one."""
-    split = max(1, min(split, heads_per_group))
-    while heads_per_group % split:
-        split -= 1
-    return split
-
-
 def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
     """theta at the start of every T-block, ``[B, H, NT, N/2]`` fp32 (a 1-element dummy when R == 0)."""
     b, t, h, r = angles.shape
@@ -335,10 +314,9 @@ def mamba3_prologue_fwd_triton(
     q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
-    hs = _head_split(h // g, LAUNCH_CONFIG["head_split"])
-    _prologue_fwd[(nt, b * g, hs)](
+    _prologue_fwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, HS=hs, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag
 
@@ -355,22 +333,19 @@ def mamba3_prologue_bwd_triton(
     bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
     ddiag = ddiag.float().contiguous() if ddiag is not None else None
-    hs = _head_split(h // g, LAUNCH_CONFIG["bwd_head_split"])
-    dq, dk = (torch.empty_like(q) if hs == 1 else q.new_empty(hs, *q.shape, dtype=torch.float32) for _ in range(2))
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
     ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
     dang = dt.new_empty(b, t, h, r)
     dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
     dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))
-    _prologue_bwd[(nt, b * g, hs)](
+    _prologue_bwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, HS=hs,
+        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None,
         num_warps=LAUNCH_CONFIG["bwd_num_warps"],
     )  # fmt: skip
     _prologue_bwd_fix[(nt, b * h)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
         H=h, R=r, NH=n // 2, BT=bt, CB=cb, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
-    if hs > 1:
-        dq, dk = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype)
     return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
