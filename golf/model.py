@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from golf.agreement import LaggedMax
 from golf.callbacks.budget import find_budget
 from golf.errors import GolfError
 from golf.evaluate import score_windows
@@ -22,36 +23,6 @@ from golf.modules.mamba3 import Mamba3Mixer
 from golf.optim import GolfOptimizer
 
 SSM_DYNAMICS = ("dt_bias", "B_bias", "C_bias", "D", "B_norm_weight", "C_norm_weight")
-
-
-class HostFlag:
-    """A device bool read on the host one step later: copied into pinned memory without blocking, then read after
-    waiting on its event, so neither the write nor the read synchronises the stream (on CUDA)."""
-
-    def __init__(self) -> None:
-        self._host: torch.Tensor | None = None
-        self._event: torch.cuda.Event | None = None
-        self._pending = False
-
-    def write(self, flag: torch.Tensor) -> None:
-        if flag.is_cuda:
-            if self._event is None:
-                self._host = torch.empty((), dtype=torch.bool, pin_memory=True)
-                self._event = torch.cuda.Event()
-            self._host.copy_(flag, non_blocking=True)
-            self._event.record()
-        else:
-            self._host = flag.detach().clone()
-        self._pending = True
-
-    def read(self) -> bool | None:
-        """The value last written (None before the first write or after a read), waiting for its copy if needed."""
-        if not self._pending:
-            return None
-        if self._event is not None:
-            self._event.synchronize()
-        self._pending = False
-        return bool(self._host)
 
 
 @dataclass
@@ -146,7 +117,7 @@ class GolfLM(pl.LightningModule):
         self.lr_scale = 1.0
         self.bad_steps = 0
         self.last_loss: torch.Tensor | None = None
-        self._loss_finite = HostFlag()
+        self._nonfinite: LaggedMax | None = None  # any rank's loss non-finite, agreed one step later (first batch end)
         self._compiled: dict[str, object] = {}  # compiled callables, kept out of the module tree and checkpoints
 
     # -- parameters and optimizer ----------------------------------------------------------------------------------
@@ -310,17 +281,19 @@ class GolfLM(pl.LightningModule):
         self.log("lr_scale", torch.tensor(self.lr_scale), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # The previous step's loss is checked, not this one's: its finiteness was copied to the host asynchronously,
-        # so the read waits at most for the previous step while this step's kernels are queued and no stream is
-        # synchronised (one device). A non-finite step's update was already skipped on the device (see _step).
+        # The previous step's loss is checked, not this one's: its finiteness (MAX over ranks) is queued to the host
+        # without waiting, so the read waits at most for the previous step while this step's kernels are queued, and
+        # every rank reads the same verdict at the same step (all raise together). A non-finite step's update was
+        # already skipped on the device (see _step).
         if self.max_bad_steps <= 0 or self.last_loss is None:
             return
-        finite = self._loss_finite.read()
-        self._loss_finite.write(torch.isfinite(self.last_loss))
-        if finite is None:
+        if self._nonfinite is None:
+            self._nonfinite = LaggedMax(self.trainer.world_size)
+        verdict = self._nonfinite.read()
+        self._nonfinite.submit(~torch.isfinite(self.last_loss), self.device)
+        if verdict is None:
             return
-        # Agreed by every rank (any rank non-finite), so all of them raise on the same step.
-        bad = self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        bad = verdict > 0
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= self.max_bad_steps:
             raise GolfError(

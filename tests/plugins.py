@@ -50,13 +50,13 @@ class SlowRank(Callback):
 
 
 class PoisonWeights(Callback):
-    """Writes NaN into the embedding at ``step`` (a stand-in for a diverging run)."""
+    """Writes NaN into the embedding at ``step`` (a stand-in for a diverging run), on one rank or (-1) on all."""
 
-    def __init__(self, step: int = 2) -> None:
-        self.step = step
+    def __init__(self, step: int = 2, rank: int = -1) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (-1, trainer.global_rank):
             import torch
 
             with torch.no_grad():
@@ -64,15 +64,16 @@ class PoisonWeights(Callback):
 
 
 class SignalSelf(Callback):
-    """Sends ``signal_name`` to this process after optimizer step ``step`` (Ctrl-C, SIGTERM or kill -9 mid-run)."""
+    """Sends ``signal_name`` to this process after optimizer step ``step`` (Ctrl-C, SIGTERM or kill -9 mid-run), on
+    one rank or (-1) on all."""
 
-    def __init__(self, step: int = 2, signal_name: str = "SIGTERM") -> None:
-        self.step, self.signal_name = step, signal_name
+    def __init__(self, step: int = 2, signal_name: str = "SIGTERM", rank: int = -1) -> None:
+        self.step, self.signal_name, self.rank = step, signal_name, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import signal
 
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (-1, trainer.global_rank):
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, only_version_dir, run_golf, tiny_config
 from golf.cli import main
 
@@ -76,6 +77,28 @@ def test_two_ranks_stop_on_the_same_step_when_one_is_slow(tmp_path, tiny_data):
     steps = {json.loads(p.read_text())["step"] for p in tmp_path.glob("stop_rank*.json")}
     assert len(list(tmp_path.glob("stop_rank*.json"))) == 2 and len(steps) == 1
     assert 0 < steps.pop() < 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["ctrl-c", "nan"])
+def test_a_fault_on_one_rank_stops_both_ranks_on_the_same_step(tmp_path, tiny_data, fault):
+    """A Ctrl-C or a non-finite loss seen by rank 1 only: the decision is agreed (one step late, without stalling the
+    step), so both ranks stop together -- no rank is left waiting in a collective (the subprocess would time out)."""
+    cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 12, "trainer.val_check_interval": 1000})
+    args = ["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp"]
+    if fault == "ctrl-c":
+        args += ["--trainer.callbacks+=golf.callbacks.SaveOnInterrupt", "--trainer.callbacks+=plugins.SignalSelf",
+                 "--trainer.callbacks.step=2", "--trainer.callbacks.signal_name=SIGINT", "--trainer.callbacks.rank=1"]
+    else:
+        args += ["--model.max_bad_steps=2", "--trainer.callbacks+=plugins.PoisonWeights", "--trainer.callbacks.step=2",
+                 "--trainer.callbacks.rank=1"]
+    r = run_golf(args, cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")}, timeout=300)
+    assert r.returncode != 0, r.stderr[-3000:]
+    if fault == "ctrl-c":
+        (ckpt,) = only_version_dir(tmp_path).glob("checkpoints/interrupted.ckpt")
+        assert torch.load(ckpt, weights_only=True)["global_step"] in (3, 4)  # requested after step 2, agreed a step late
+    else:
+        assert "NaN/Inf for 2 consecutive steps" in r.stderr
 
 
 @pytest.mark.slow

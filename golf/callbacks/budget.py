@@ -2,7 +2,9 @@
 
 Not Lightning's ``Timer``: its clock also counts validation and the first-step compile, and its stop decision is
 rank 0's broadcast; the challenge pauses the clock during validation, starts it after compile warm-up, and stops on
-the first step at which *any* rank is over the budget (an all-reduced MAX)."""
+the first step at which *any* rank is over the budget (an all-reduced MAX). With several ranks the MAX is agreed
+one step late without stalling the step (``golf.agreement.LaggedMax``), and the stop looks one step ahead: it
+stops after the step whose end the agreed clock plus the last agreed step time puts over the budget."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+
+from golf.agreement import LaggedMax
 
 
 class WallClockBudget(Callback):
@@ -32,7 +36,9 @@ class WallClockBudget(Callback):
         self.verbose = verbose
         self._spent = 0.0  # seconds accumulated while the clock was running, survives resume
         self._started_at: float | None = None
-        self.agreed_elapsed = 0.0  # max over ranks of elapsed(), as of the last step: same on every rank
+        self.agreed_elapsed = 0.0  # max over ranks of elapsed(), as of the last step agreed: same on every rank
+        self.agreed_step_seconds = 0.0  # the last agreed step time (several ranks: for the one-step look-ahead)
+        self._agreed: LaggedMax | None = None
         self.steps_timed = 0
         self.stopped_at_step: int | None = None
         self.stop_reason: str | None = None
@@ -71,20 +77,28 @@ class WallClockBudget(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         self.steps_timed += 1
         if trainer.world_size > 1:
-            # One all-reduce (MAX) of the elapsed time per step: every rank sees the same clock, so the time-based LR
-            # schedule and late QAT switch identically everywhere, and all ranks stop after the same step (no hang).
-            clock = torch.tensor([self.elapsed()], dtype=torch.float64, device=pl_module.device)
-            self.agreed_elapsed = float(trainer.strategy.reduce(clock, reduce_op="max"))
+            # Every rank sees the same clock (MAX over ranks), so the time-based LR schedule and late QAT switch
+            # identically everywhere and all ranks stop after the same step (no hang). Agreed one step late: this
+            # step's clock is queued, the previous step's is read, and the stop looks one step ahead.
+            if self._agreed is None:
+                self._agreed = LaggedMax(trainer.world_size)
+            previous = self._agreed.read()
+            self._agreed.submit(self.elapsed(), pl_module.device)
+            if previous is None:
+                return
+            self.agreed_step_seconds = max(previous - self.agreed_elapsed, 0.0)
+            self.agreed_elapsed = previous
+            projected = previous + self.agreed_step_seconds  # this step's end, as the agreed clock predicts it
         else:
             # One process: the host clock as is. Reading a device tensor back would make the host wait for this
             # step's kernels every step (the challenge's script also reads its clock on the host between syncs).
-            self.agreed_elapsed = self.elapsed()
+            self.agreed_elapsed = projected = self.elapsed()
         if not self.budget_seconds:
             return
-        if self.agreed_elapsed >= self.usable_seconds:
+        if projected >= self.usable_seconds:
             trainer.should_stop = True
             self.stopped_at_step = trainer.global_step
-            self.stop_reason = f"wall-clock budget: {self.agreed_elapsed:.1f}s >= {self.usable_seconds:.1f}s"
+            self.stop_reason = f"wall-clock budget: {projected:.1f}s >= {self.usable_seconds:.1f}s"
             if self.verbose:
                 rank_zero_info(f"golf: stopping at step {trainer.global_step}: {self.stop_reason}")
 

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from golf.agreement import LaggedMax
+
 
 class SaveOnInterrupt(Callback):
     def __init__(self, filename: str = "interrupted.ckpt") -> None:
@@ -24,6 +26,7 @@ class SaveOnInterrupt(Callback):
         self.requested = False
         self._previous_handler = None
         self.saved_path: Path | None = None
+        self._agreed: LaggedMax | None = None
 
     def _on_sigint(self, signum, frame) -> None:
         if self.requested:  # a second Ctrl-C: stop now
@@ -57,7 +60,14 @@ class SaveOnInterrupt(Callback):
         rank_zero_info(f"golf: {why} at step {trainer.global_step}; saved {path}; resume with --ckpt_path {path}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        if trainer.world_size == 1:
+            stop = self.requested
+        else:  # agreed by all ranks without stalling the step: a Ctrl-C on any rank stops all after the next step
+            if self._agreed is None:
+                self._agreed = LaggedMax(trainer.world_size)
+            stop = (self._agreed.read() or 0.0) > 0
+            self._agreed.submit(float(self.requested), pl_module.device)
+        if stop:
             self._save(trainer, "interrupted (Ctrl-C)")
             self._restore_handler()
             raise KeyboardInterrupt

@@ -6,22 +6,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from golf import agreement
 from golf.callbacks.budget import WallClockBudget
 
 
-class FakeStrategy:
-    """Single-process stand-in; ``peer_elapsed`` plays another rank's clock in the MAX all-reduce."""
-
-    def __init__(self, peer_elapsed: float = 0.0) -> None:
-        self.peer_elapsed = peer_elapsed
-
-    def reduce(self, tensor, reduce_op="mean"):
-        assert reduce_op == "max"
-        return torch.maximum(tensor, torch.tensor([self.peer_elapsed], dtype=tensor.dtype))
+@pytest.fixture
+def peer_clock(monkeypatch):
+    """Plays another rank in the MAX all-reduce: its clock is ``peer_clock["elapsed"]``."""
+    peer = {"elapsed": 0.0}
+    monkeypatch.setattr(agreement, "all_reduce_max", lambda t: t.clamp_(min=peer["elapsed"]))
+    return peer
 
 
-def fake_trainer(peer_elapsed=0.0, world_size=2):
-    return SimpleNamespace(strategy=FakeStrategy(peer_elapsed), should_stop=False, global_step=0, world_size=world_size)
+def fake_trainer(world_size=2):
+    return SimpleNamespace(should_stop=False, global_step=0, world_size=world_size)
 
 
 CPU_MODULE = SimpleNamespace(device=torch.device("cpu"))
@@ -35,7 +33,7 @@ def step(cb, trainer, seconds):
 
 
 def test_validation_and_warmup_time_are_not_counted():
-    cb, trainer = WallClockBudget(budget_seconds=100), fake_trainer()
+    cb, trainer = WallClockBudget(budget_seconds=100), fake_trainer(world_size=1)
     time.sleep(0.2)  # compile warm-up happens before the first on_train_batch_start
     step(cb, trainer, 0.05)
     cb.on_validation_start(trainer, CPU_MODULE)
@@ -45,26 +43,34 @@ def test_validation_and_warmup_time_are_not_counted():
     assert cb.agreed_elapsed == pytest.approx(cb.elapsed(), abs=0.02)
 
 
-def test_stops_when_any_rank_is_over_and_all_ranks_see_the_same_clock():
-    cb, trainer = WallClockBudget(budget_seconds=10, reserve_seconds=2), fake_trainer(peer_elapsed=8.5)
-    step(cb, trainer, 0.01)
-    assert trainer.should_stop and cb.stopped_at_step == 1  # this rank is at 0.01 s, the slow one at 8.5 >= 10 - 2
-    assert cb.agreed_elapsed == 8.5 and cb.fraction() == pytest.approx(8.5 / 8)
+def test_ranks_agree_on_the_slowest_clock_one_step_late_and_stop_one_step_ahead(peer_clock):
+    cb, trainer = WallClockBudget(budget_seconds=10, reserve_seconds=2), fake_trainer()
+    peer_clock["elapsed"] = 3.0
+    step(cb, trainer, 0.01)  # step 1: its clock is queued, nothing agreed yet
+    assert cb.agreed_elapsed == 0.0 and not trainer.should_stop
+    peer_clock["elapsed"] = 5.0
+    step(cb, trainer, 0.01)  # reads step 1's MAX (3.0; this rank is at 0.01 s): projected 3 + 3 < 8
+    assert cb.agreed_elapsed == 3.0 and not trainer.should_stop
+    peer_clock["elapsed"] = 7.0
+    step(cb, trainer, 0.01)  # reads 5.0, step time 2.0: projected 7 < 8
+    assert cb.agreed_elapsed == 5.0 and cb.agreed_step_seconds == 2.0 and not trainer.should_stop
+    step(cb, trainer, 0.01)  # reads 7.0: this step ends at about 9 >= 10 - 2, so every rank stops after it
+    assert trainer.should_stop and cb.stopped_at_step == 4
+    assert cb.agreed_elapsed == 7.0 and cb.fraction() == pytest.approx(7 / 8)
 
 
-def test_one_process_reads_its_clock_on_the_host_without_a_collective():
-    class NoCollective(FakeStrategy):
-        def reduce(self, tensor, reduce_op="mean"):
-            raise AssertionError("one process must not round-trip its clock through a device tensor")
+def test_one_process_reads_its_clock_on_the_host_without_a_collective(monkeypatch):
+    def no_collective(tensor):
+        raise AssertionError("one process must not round-trip its clock through a collective")
 
+    monkeypatch.setattr(agreement, "all_reduce_max", no_collective)
     cb, trainer = WallClockBudget(budget_seconds=0.05), fake_trainer(world_size=1)
-    trainer.strategy = NoCollective()
     step(cb, trainer, 0.06)
     assert trainer.should_stop and cb.agreed_elapsed == pytest.approx(cb.elapsed(), abs=0.02)
 
 
 def test_budget_survives_resume():
-    cb, trainer = WallClockBudget(budget_seconds=100), fake_trainer()
+    cb, trainer = WallClockBudget(budget_seconds=100), fake_trainer(world_size=1)
     step(cb, trainer, 0.05)
     state = cb.state_dict()
     again = WallClockBudget(budget_seconds=100)
