@@ -20,22 +20,23 @@ def all_reduce_max(value: torch.Tensor) -> None:
 
 
 class LaggedMax:
-    """A number submitted by every rank each step, read back on the host one step later as the MAX over ranks
-    (``None`` before the first submit, or twice in a row). One process: no collective, the read only waits for the
-    copy of a value computed on the device (e.g. a loss's finiteness) without synchronising the stream."""
+    """A number every rank gives each step, returned on the host one step later as the MAX over the ranks. One
+    process: no collective; the read then only waits for the copy of a value computed on the device (e.g. a loss's
+    finiteness), without synchronising the stream."""
 
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
+    def __init__(self) -> None:
         self._host: torch.Tensor | None = None
         self._event: torch.cuda.Event | None = None
         self._pending = False
 
-    def submit(self, value: float | torch.Tensor, device: torch.device) -> None:
+    def exchange(self, value: float | torch.Tensor, device: torch.device, world_size: int) -> float | None:
+        """Queue this step's ``value`` and return the previous step's agreed value (``None`` at the first step)."""
+        previous = self._read()
         if not isinstance(value, torch.Tensor):
             # torch.full passes the number as a kernel argument: no host-to-device copy, no synchronisation.
             value = torch.full((), value, dtype=torch.float64, device=device)
         value = value.detach().to(torch.float64).clone()
-        if self.world_size > 1:
+        if world_size > 1:
             all_reduce_max(value)
         if value.is_cuda:
             if self._event is None:
@@ -46,8 +47,9 @@ class LaggedMax:
         else:
             self._host = value
         self._pending = True
+        return previous
 
-    def read(self) -> float | None:
+    def _read(self) -> float | None:
         if not self._pending:
             return None
         if self._event is not None:

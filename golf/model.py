@@ -117,7 +117,7 @@ class GolfLM(pl.LightningModule):
         self.lr_scale = 1.0
         self.bad_steps = 0
         self.last_loss: torch.Tensor | None = None
-        self._nonfinite: LaggedMax | None = None  # any rank's loss non-finite, agreed one step later (first batch end)
+        self._nonfinite = LaggedMax()  # any rank's loss non-finite, agreed one step later
         self._compiled: dict[str, object] = {}  # compiled callables, kept out of the module tree and checkpoints
 
     # -- parameters and optimizer ----------------------------------------------------------------------------------
@@ -287,10 +287,7 @@ class GolfLM(pl.LightningModule):
         # already skipped on the device (see _step).
         if self.max_bad_steps <= 0 or self.last_loss is None:
             return
-        if self._nonfinite is None:
-            self._nonfinite = LaggedMax(self.trainer.world_size)
-        verdict = self._nonfinite.read()
-        self._nonfinite.submit(~torch.isfinite(self.last_loss), self.device)
+        verdict = self._nonfinite.exchange(~torch.isfinite(self.last_loss), self.device, self.trainer.world_size)
         if verdict is None:
             return
         bad = verdict > 0

@@ -38,7 +38,7 @@ class WallClockBudget(Callback):
         self._started_at: float | None = None
         self.agreed_elapsed = 0.0  # max over ranks of elapsed(), as of the last step agreed: same on every rank
         self.agreed_step_seconds = 0.0  # the last agreed step time (several ranks: for the one-step look-ahead)
-        self._agreed: LaggedMax | None = None
+        self._agreed = LaggedMax()
         self.steps_timed = 0
         self.stopped_at_step: int | None = None
         self.stop_reason: str | None = None
@@ -80,10 +80,7 @@ class WallClockBudget(Callback):
             # Every rank sees the same clock (MAX over ranks), so the time-based LR schedule and late QAT switch
             # identically everywhere and all ranks stop after the same step (no hang). Agreed one step late: this
             # step's clock is queued, the previous step's is read, and the stop looks one step ahead.
-            if self._agreed is None:
-                self._agreed = LaggedMax(trainer.world_size)
-            previous = self._agreed.read()
-            self._agreed.submit(self.elapsed(), pl_module.device)
+            previous = self._agreed.exchange(self.elapsed(), pl_module.device, trainer.world_size)
             if previous is None:
                 return
             self.agreed_step_seconds = max(previous - self.agreed_elapsed, 0.0)

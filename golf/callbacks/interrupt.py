@@ -26,7 +26,7 @@ class SaveOnInterrupt(Callback):
         self.requested = False
         self._previous_handler = None
         self.saved_path: Path | None = None
-        self._agreed: LaggedMax | None = None
+        self._agreed = LaggedMax()
 
     def _on_sigint(self, signum, frame) -> None:
         if self.requested:  # a second Ctrl-C: stop now
@@ -63,10 +63,7 @@ class SaveOnInterrupt(Callback):
         if trainer.world_size == 1:
             stop = self.requested
         else:  # agreed by all ranks without stalling the step: a Ctrl-C on any rank stops all after the next step
-            if self._agreed is None:
-                self._agreed = LaggedMax(trainer.world_size)
-            stop = (self._agreed.read() or 0.0) > 0
-            self._agreed.submit(float(self.requested), pl_module.device)
+            stop = (self._agreed.exchange(float(self.requested), pl_module.device, trainer.world_size) or 0.0) > 0
         if stop:
             self._save(trainer, "interrupted (Ctrl-C)")
             self._restore_handler()
