@@ -270,6 +270,38 @@ class Mamba3Prologue(NamedTuple):
     k_last: Tensor  # (B, H, N) rotated + biased k of the last step
 
 
+class _PrologueTerms(NamedTuple):
+    """The prologue's per-step terms, shared by the forward and the explicit backward (compute dtype)."""
+
+    theta: Tensor  # (B, T, H, R) cumulative angles
+    cos: Tensor
+    sin: Tensor
+    qb: Tensor  # (B, T, H, N) biased q, k
+    kb: Tensor
+    q_rot: Tensor  # rotated qb, kb
+    k_rot: Tensor
+    beta0: Tensor  # (B, T, H) (1 - lambda_t) Delta_t
+    beta_next: Tensor  # (1 - lambda_{t+1}) Delta_{t+1}, 0 after the last step
+    w: Tensor  # lambda_t Delta_t + beta_next: the weight of k~_t
+
+
+def _prologue_terms(
+    q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
+    cd: torch.dtype, angle0: Tensor | None = None,
+) -> _PrologueTerms:  # fmt: skip
+    dt_, trap_ = dt.to(cd), trap.to(cd)
+    theta = torch.cumsum(dt_[..., None] * angles.to(cd), dim=1)  # (B, T, H, R)
+    if angle0 is not None:
+        theta = theta + angle0.to(cd)[:, None]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    qb = q.to(cd) + q_bias.to(cd)  # (B, T, H, N); q with G == 1 broadcasts over heads here
+    kb = k.to(cd) + k_bias.to(cd)
+    beta0 = (1.0 - trap_) * dt_  # beta_t / alpha_t
+    beta_next = F.pad(beta0[:, 1:], (0, 0, 0, 1))
+    return _PrologueTerms(theta, cos, sin, qb, kb, _rotate(qb, cos, sin), _rotate(kb, cos, sin), beta0, beta_next,
+                          trap_ * dt_ + beta_next)  # fmt: skip
+
+
 def mamba3_siso_prologue(
     q: Tensor,
     k: Tensor,
@@ -284,25 +316,15 @@ def mamba3_siso_prologue(
 ) -> Mamba3Prologue:
     """Elementwise work before the scan, in fp32 (fp64 for fp64 inputs); differentiable and compile-friendly."""
     cd = _compute_dtype(q, k, v, adt)
-    dt_, trap_ = dt.to(cd), trap.to(cd)
-    theta = torch.cumsum(dt_[..., None] * angles.to(cd), dim=1)  # (B, T, H, R)
-    if initial_state is not None:
-        theta = theta + initial_state.angle.to(cd)[:, None]
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    qb = q.to(cd) + q_bias.to(cd)  # (B, T, H, N); q with G == 1 broadcasts over heads here
-    kb = k.to(cd) + k_bias.to(cd)
-    q_rot, k_rot = _rotate(qb, cos, sin), _rotate(kb, cos, sin)
-    gamma = trap_ * dt_
-    beta0 = (1.0 - trap_) * dt_  # beta_t / alpha_t
-    beta_next = F.pad(beta0[:, 1:], (0, 0, 0, 1))  # (1 - lambda_{t+1}) Delta_{t+1}, 0 after the last step
-    w = gamma + beta_next
-    diag = beta_next * (qb * kb).sum(-1)
+    t = _prologue_terms(q, k, dt, trap, q_bias, k_bias, angles, cd,
+                        None if initial_state is None else initial_state.angle)  # fmt: skip
+    diag = t.beta_next * (t.qb * t.kb).sum(-1)
     s0 = None
     if initial_state is not None:
-        s0 = initial_state.ssm.to(cd) + beta0[:, 0, :, None, None] * (
+        s0 = initial_state.ssm.to(cd) + t.beta0[:, 0, :, None, None] * (
             initial_state.v.to(cd)[..., :, None] * initial_state.k.to(cd)[..., None, :]
         )
-    return Mamba3Prologue(q_rot, k_rot * w[..., None], adt.to(cd), s0, diag, theta, k_rot[:, -1])
+    return Mamba3Prologue(t.q_rot, t.k_rot * t.w[..., None], adt.to(cd), s0, diag, t.theta, t.k_rot[:, -1])
 
 
 def mamba3_prologue_reference(
@@ -331,12 +353,8 @@ def mamba3_prologue_reference_bwd(
     """
     cd = _compute_dtype(q, k, dt)
     dt_, trap_ = dt.to(cd), trap.to(cd)
-    theta = torch.cumsum(dt_[..., None] * angles.to(cd), dim=1)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    qb, kb = q.to(cd) + q_bias.to(cd), k.to(cd) + k_bias.to(cd)
-    q_rot, k_rot = _rotate(qb, cos, sin), _rotate(kb, cos, sin)
-    bn = F.pad(((1.0 - trap_) * dt_)[:, 1:], (0, 0, 0, 1))  # (1 - lambda_{t+1}) Delta_{t+1}
-    w = trap_ * dt_ + bn
+    t = _prologue_terms(q, k, dt, trap, q_bias, k_bias, angles, cd)
+    cos, sin, qb, kb, q_rot, k_rot, bn, w = t.cos, t.sin, t.qb, t.kb, t.q_rot, t.k_rot, t.beta_next, t.w
     gq, gk = dq_rot.to(cd), dk_w.to(cd)
     gd = ddiag.to(cd) if ddiag is not None else torch.zeros_like(dt_)
     gkr = gk * w[..., None]  # gradient of the rotated k
