@@ -4,7 +4,12 @@ peers, forward and forward+backward, on one GPU, in one run and one table.
     python benchmarks/ssm_kernel.py [--out benchmarks/results/ssm_kernel.json] [--peer-path DIR ...]
 
 Shapes: (batch 8, L 4096) and (batch 32, L 1024), heads 16, headdim 64, d_state 64, 16 rotation angles, bf16
-q/k/v/z (fp32 decays). Times are medians of ``triton.testing.do_bench``.
+q/k/v/z (fp32 decays). Two clocks per row:
+  * ms: the median of ``triton.testing.do_bench``, host to host. It includes whatever the host adds (Python
+    wrappers, autograd, kernel launches): when the host takes longer to queue a call than the GPU takes to run it,
+    this is host time.
+  * GPU ms: the sum of the call's kernel durations under torch.profiler (mean of 10 calls), i.e. the time the GPU is
+    busy. In a training step the GPU queue is deep and the host runs ahead, so this is what the op costs there.
 
 How the rates are counted
   * TB/s: the bytes of every input tensor read once and every output written once (forward), plus for
@@ -213,7 +218,15 @@ def time_case(case: Case, warmup: int, rep: int) -> dict:
     grads = [x for x in case.leaves if x.requires_grad]
     t_fwd = do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
     t_all = do_bench(fwd_bwd, warmup=warmup, rep=rep, grad_to_none=grads, return_mode="median")
+
+    def fwd_bwd_fresh_grads():  # as do_bench's grad_to_none: no gradient-accumulation kernels
+        for x in grads:
+            x.grad = None
+        fwd_bwd()
+
     return dict(
+        fwd_gpu_ms=gpu_ms(fwd),
+        fwdbwd_gpu_ms=gpu_ms(fwd_bwd_fresh_grads),
         fwd_ms=t_fwd,
         fwd_tbps=fwd_bytes / t_fwd / 1e9,
         fwd_tflops=case.flops[0] / t_fwd / 1e9,
@@ -221,6 +234,13 @@ def time_case(case: Case, warmup: int, rep: int) -> dict:
         fwdbwd_tbps=bwd_bytes / t_all / 1e9,
         fwdbwd_tflops=case.flops[1] / t_all / 1e9,
     )
+
+
+def gpu_ms(call, reps: int = 10) -> float:
+    """Mean summed kernel time of ``call`` in ms (torch.profiler), without the host's gaps between kernels."""
+    from profiling import profile_step  # benchmarks/profiling.py, beside this script
+
+    return profile_step(lambda: [call() for _ in range(reps)])["total_ms"] / reps
 
 
 def profile_case(case: Case) -> dict:
@@ -334,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = f"{'implementation':<46} {'B x L':>9} | {'fwd ms':>8} {'TB/s':>6} {'TFLOP/s':>8} | " \
-             f"{'f+b ms':>8} {'TB/s':>6} {'TFLOP/s':>8}"  # fmt: skip
+             f"{'f+b ms':>8} {'TB/s':>6} {'TFLOP/s':>8} | {'fwd GPU ms':>10} {'f+b GPU ms':>10}"  # fmt: skip
     print(f"device: {result['device']}  torch {torch.__version__}  triton {triton.__version__}")
     print(header)
     print("-" * len(header))
@@ -363,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             shape = f"{batch}x{seqlen}"
             if note is None:
                 print(f"{name:<46} {shape:>9} | {row['fwd_ms']:8.3f} {row['fwd_tbps']:6.2f} {row['fwd_tflops']:8.1f} | "
-                      f"{row['fwdbwd_ms']:8.3f} {row['fwdbwd_tbps']:6.2f} {row['fwdbwd_tflops']:8.1f}")  # fmt: skip
+                      f"{row['fwdbwd_ms']:8.3f} {row['fwdbwd_tbps']:6.2f} {row['fwdbwd_tflops']:8.1f} | "
+                      f"{row['fwd_gpu_ms']:10.3f} {row['fwdbwd_gpu_ms']:10.3f}")  # fmt: skip
             else:
                 row["note"] = note
                 print(f"{name:<46} {shape:>9} | {note}")

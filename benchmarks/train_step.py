@@ -9,8 +9,9 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
-torch.profiler summary of one step after the timed ones, for the golf and the bare row (top GPU kernels, their
-share of GPU time, and the step's wall time: kernel time / wall time is how busy the GPU was); --cold-compile
+torch.profiler summary of one step after the timed ones, for every row (top GPU kernels, their share of GPU time,
+and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
+benchmarks/profile_script.py, which runs them unchanged); --cold-compile
 empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
 
 Rows per config, at the config's global batch (524,288 tokens at seq 1024 for the baseline, 1,048,576 at seq 4096
@@ -214,12 +215,15 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
 
 
 def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path,
-             peer_timeout: float = 900) -> dict:
+             peer_timeout: float = 900, profile: bool = False) -> dict:
+    """The peer script, unchanged; with ``profile`` it runs one step more under benchmarks/profile_script.py, which
+    profiles that step the way the golf rows' profile is taken (the timed steps are the same)."""
     peers = peers.resolve()  # the script runs with the peers folder as its working directory
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    last = warmup + steps
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),
-               ITERATIONS=str(warmup + steps), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
+               ITERATIONS=str(last + int(profile)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
                MAX_WALLCLOCK_SECONDS="0", RUN_ID=f"peer_{config}")
     if config.startswith("baseline"):
         script = peers / "train_gpt.py"
@@ -232,8 +236,13 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
         return dict(error=f"{script} not found (place the challenge's script there)")
     t0 = time.perf_counter()
     log_path = log_dir / f"peer_{Path(config).stem}.log"
+    profile_path = log_dir / f"peer_{Path(config).stem}.profile.json"
+    profile_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(script)]
+    if profile:
+        cmd[1:1] = [str(Path(__file__).with_name("profile_script.py")), "--step", str(last + 1), "--out", str(profile_path)]
     with open(log_path, "w") as log_file:  # on disk as it runs: a timed-out peer still leaves its step times
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 cwd=str(peers), start_new_session=True)
         try:
             returncode = proc.wait(timeout=peer_timeout)
@@ -244,14 +253,17 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     log = log_path.read_text()
     # step:N/M ... train_time:XXms after the script's own (restored) warm-up; the mean over steps warmup+1..last.
     times = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"step:(\d+)/\d+ .*?train_time:([\d.]+)ms", log)]
-    t_by_step = dict(times)
+    t_by_step = {step: t for step, t in times if step <= last}  # not the profiled step
     if not t_by_step or max(t_by_step) <= warmup or warmup not in t_by_step:
         return dict(error=f"exit {returncode}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}")
-    last = max(t_by_step)
-    ms = (t_by_step[last] - t_by_step[warmup]) / (last - warmup)
+    timed_last = max(t_by_step)
+    ms = (t_by_step[timed_last] - t_by_step[warmup]) / (timed_last - warmup)
     mem = re.search(r"peak memory allocated: (\d+) MiB", log)
-    return dict(ms_per_step=ms, peak_mem_gb=int(mem.group(1)) * 2**20 / 1e9 if mem else None,
-                wall_s=time.perf_counter() - t0, exit=returncode)
+    row = dict(ms_per_step=ms, peak_mem_gb=int(mem.group(1)) * 2**20 / 1e9 if mem else None,
+               wall_s=time.perf_counter() - t0, exit=returncode)
+    if profile_path.is_file():
+        row["profile"] = json.loads(profile_path.read_text())
+    return row
 
 
 def run_rows(args) -> list[dict]:
@@ -277,7 +289,7 @@ def run_rows(args) -> list[dict]:
                     continue
                 else:
                     r = row_peer(config, data_dir, args.peers, args.steps, args.warmup, vocab, args.out.parent,
-                                 args.peer_timeout)
+                                 args.peer_timeout, args.profile)
             except Exception as e:  # a failed row is reported, the others still run
                 r = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
             model = r.pop("model", None)
@@ -372,7 +384,7 @@ def main() -> None:
                     "(its step times so far are still read)")
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one golf and one bare step")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one step of each row")
     ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "
                     "its first row's compile column is a cold start (later rows of the config reuse that cache)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")

@@ -31,3 +31,44 @@ def test_launch_overrides_set_the_kernels_settings_and_are_returned(ssm_kernel):
 def test_a_bad_launch_override_is_a_one_line_error_naming_it(ssm_kernel, item):
     with pytest.raises(SystemExit, match=rf"^--launch {item}: expected prologue\.KEY=VALUE or KERNEL\.KEY=VALUE"):
         ssm_kernel.apply_launch_overrides([item])
+
+
+TOY_TRAINING_SCRIPT = '''
+import torch
+
+w = torch.nn.Parameter(torch.ones(4))
+first, second = torch.optim.SGD([w], lr=0.1), torch.optim.Adam([w], lr=0.1)
+initial = first.state_dict()
+
+def train_step(step):
+    loss = w.sum()
+    for _ in range(step):  # step k runs k cumsums: the profile says which step it saw
+        loss = loss + torch.cumsum(w.detach(), 0).sum()
+    loss.backward()
+    for opt in (first, second):
+        opt.step()
+    first.zero_grad()
+
+for step in range(1, 4):  # warm-up, then the optimizer is restored and the timed loop starts at step 1
+    train_step(step)
+first.load_state_dict(initial)
+for step in range(1, 6):
+    train_step(step)
+print("done")
+'''
+
+
+def test_profile_script_profiles_the_requested_step_of_the_timed_loop(tmp_path):
+    import json
+    import subprocess
+
+    script = tmp_path / "train_toy.py"
+    script.write_text(TOY_TRAINING_SCRIPT)
+    out = tmp_path / "profile.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_script.py"), "--step", "4", "--out",
+                          str(out), str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("done")
+    summary = json.loads(out.read_text())
+    calls = {k["name"]: k["calls"] for k in summary["top"]}
+    assert calls["aten::cumsum"] == 4 and summary["clock"] == "cpu ops" and summary["wall_ms"] > 0
