@@ -32,7 +32,10 @@ class StepProfile:
 
 
 def summarize(events, top: int, wall_ms: float) -> dict:
-    """Top GPU kernels (CPU ops on a CPU-only run) by self time, with shares of the summed kernel time."""
+    """Top GPU kernels (CPU ops on a CPU-only run) by self time, with shares of the summed kernel time. Ranges that
+    code marks with ``record_function`` (the optimizers' ``Optimizer.step#...``) are left out: on the GPU timeline they
+    span the kernels inside them, which are counted already."""
+    events = [e for e in events if not getattr(e, "is_user_annotation", False)]
     on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
     if on_gpu:
         timed = [(e.key, e.self_device_time_total, e.count) for e in on_gpu]

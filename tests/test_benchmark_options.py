@@ -72,3 +72,16 @@ def test_profile_script_profiles_the_requested_step_of_the_timed_loop(tmp_path):
     summary = json.loads(out.read_text())
     calls = {k["name"]: k["calls"] for k in summary["top"]}
     assert calls["aten::cumsum"] == 4 and summary["clock"] == "cpu ops" and summary["wall_ms"] > 0
+
+
+def test_profile_summaries_leave_out_annotated_ranges(monkeypatch):
+    """An optimizer's ``Optimizer.step#...`` range spans kernels that are counted on their own: not summed twice."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from profiling import profile_step
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(8))], lr=0.1)
+    opt.param_groups[0]["params"][0].grad = torch.ones(8)
+    summary = profile_step(opt.step)
+    assert summary["top"] and not any("Optimizer.step" in k["name"] for k in summary["top"])
