@@ -49,6 +49,10 @@ class LaggedMax:
         self._pending = True
         return previous
 
+    def last(self) -> float | None:
+        """The agreed value of the last ``exchange`` not yet returned (at the end of training), else ``None``."""
+        return self._read()
+
     def _read(self) -> float | None:
         if not self._pending:
             return None

@@ -86,3 +86,21 @@ class RaiseOnRank(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             raise RuntimeError(f"planted failure on rank {self.rank}")
+
+
+class FailFromStep(Constraint):
+    """A per-step rule that fails from optimizer step ``step`` on, on one rank or (-1) on all, and records on each
+    rank the last step trained."""
+
+    def __init__(self, step: int = 2, rank: int = -1, out_dir: str = ".") -> None:
+        self.step, self.rank, self.out_dir = step, rank, out_dir
+
+    def check_step(self, trainer, pl_module):
+        if trainer.global_step >= self.step and self.rank in (-1, trainer.global_rank):
+            return f"step {trainer.global_step} >= {self.step} on rank {trainer.global_rank}"
+        return None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        path = Path(self.out_dir) / f"stop_rank{trainer.global_rank}.json"  # the last step trained, kept at the end
+        path.write_text(json.dumps({"step": trainer.global_step}))

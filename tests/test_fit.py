@@ -66,6 +66,30 @@ def test_constraint_plugins_load_from_yaml_and_fire(tmp_path, tiny_data, capsys)
     assert code == 3 and "MinValTokens: scored 8192 val tokens < 100000" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fail_at", [2, 4], ids=["mid-run", "last-step"])
+def test_a_per_step_constraint_stops_the_run_and_fails_it(tmp_path, tiny_data, capsys, fail_at):
+    """check_step failing at step 2 of 12 stops training one step later (the agreed verdict is read at the next
+    step); failing at the last step, whose verdict no later step reads, still fails the run."""
+    cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 12 if fail_at == 2 else 4,
+                                              "trainer.val_check_interval": 1000})
+    code = main(["fit", "--config", str(cfg), "--trainer.callbacks+=plugins.FailFromStep",
+                 f"--trainer.callbacks.step={fail_at}", f"--trainer.callbacks.out_dir={tmp_path}"])
+    assert code == 3 and f"FailFromStep: step {fail_at} >= {fail_at} on rank 0" in capsys.readouterr().err
+    assert json.loads((tmp_path / "stop_rank0.json").read_text())["step"] == (3 if fail_at == 2 else 4)
+
+
+@pytest.mark.slow
+def test_a_per_step_constraint_failing_on_one_rank_stops_both_on_the_same_step(tmp_path, tiny_data):
+    cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 12, "trainer.val_check_interval": 1000})
+    r = run_golf(["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp",
+                  "--trainer.callbacks+=plugins.FailFromStep", "--trainer.callbacks.step=2",
+                  "--trainer.callbacks.rank=1", f"--trainer.callbacks.out_dir={tmp_path}"],
+                 cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")}, timeout=300)
+    assert r.returncode == 3 and "FailFromStep: violated on another rank" in r.stderr, r.stderr[-3000:]
+    steps = [json.loads((tmp_path / f"stop_rank{rank}.json").read_text())["step"] for rank in (0, 1)]
+    assert steps == [3, 3]
+
+
 @pytest.mark.slow
 def test_two_ranks_stop_on_the_same_step_when_one_is_slow(tmp_path, tiny_data):
     cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 1000, "trainer.val_check_interval": 1000})

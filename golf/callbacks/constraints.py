@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from golf.agreement import LaggedMax
 from golf.errors import ConstraintViolation
 
 CHALLENGE_CAP_BYTES = 16_000_000
@@ -19,7 +20,8 @@ CHALLENGE_CAP_BYTES = 16_000_000
 
 class Constraint(Callback):
     """Base class. ``check_start`` failing aborts before training; ``check_step`` failing on any rank stops every
-    rank after the same step and fails the run at the end; ``check_end`` sees the final report dict."""
+    rank after the same step (the step after the failing one: the verdict is agreed one step late, so that the
+    check never stalls a step) and fails the run at the end; ``check_end`` sees the final report dict."""
 
     @property
     def name(self) -> str:
@@ -38,19 +40,34 @@ class Constraint(Callback):
     step_violation: str | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        # check_step's verdicts are agreed over the ranks one step later, without stalling the step (agreement.py).
+        self._violated, self._last_reason = LaggedMax(), None
         reason = self.check_start(trainer, pl_module)
         if reason:
             raise ConstraintViolation(f"constraint {self.name} failed before training: {reason}")
 
+    def _has_step_rule(self) -> bool:
+        return type(self).check_step is not Constraint.check_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if type(self).check_step is Constraint.check_step:
-            return  # no per-step rule: skip the collective
+        if not self._has_step_rule():
+            return  # no per-step rule: no collective
         reason = self.check_step(trainer, pl_module)
-        if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
-            self.step_violation = self.step_violation or reason or "violated on another rank"
+        agreed = self._violated.exchange(float(reason is not None), pl_module.device, trainer.world_size)
+        if self._record(agreed):
             trainer.should_stop = True
+        self._last_reason = reason
+
+    def _record(self, agreed: float | None) -> bool:
+        """Keep the first violation of the step just agreed (this rank's reason, if it was this rank's)."""
+        if not agreed:
+            return False
+        self.step_violation = self.step_violation or self._last_reason or "violated on another rank"
+        return True
 
     def evaluate_end(self, report: dict[str, Any]) -> dict[str, Any]:
+        if self._has_step_rule():
+            self._record(self._violated.last())  # the final step's verdict: agreed, not read yet
         reason = self.step_violation or self.check_end(report)
         return {"name": self.name, "ok": reason is None, "reason": reason}
 
