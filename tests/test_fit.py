@@ -66,6 +66,17 @@ def test_constraint_plugins_load_from_yaml_and_fire(tmp_path, tiny_data, capsys)
     assert code == 3 and "MinValTokens: scored 8192 val tokens < 100000" in capsys.readouterr().err
 
 
+def run_on_two_ranks(cfg: Path, *args: str, timeout: float = 300):
+    """``golf fit`` on 2 gloo ranks in a subprocess, with the test plug-ins (tests/plugins.py) importable."""
+    return run_golf(["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp", *args], cwd=REPO,
+                    env={"PYTHONPATH": str(REPO / "tests")}, timeout=timeout)
+
+
+def stop_steps(out_dir: Path) -> list[int]:
+    """The last step each rank trained, as the plug-ins record it (stop_rank{0,1}.json)."""
+    return [json.loads((out_dir / f"stop_rank{rank}.json").read_text())["step"] for rank in (0, 1)]
+
+
 @pytest.mark.parametrize("fail_at", [2, 4], ids=["mid-run", "last-step"])
 def test_a_per_step_constraint_stops_the_run_and_fails_it(tmp_path, tiny_data, capsys, fail_at):
     """check_step failing at step 2 of 12 stops training one step later (the agreed verdict is read at the next
@@ -81,26 +92,21 @@ def test_a_per_step_constraint_stops_the_run_and_fails_it(tmp_path, tiny_data, c
 @pytest.mark.slow
 def test_a_per_step_constraint_failing_on_one_rank_stops_both_on_the_same_step(tmp_path, tiny_data):
     cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 12, "trainer.val_check_interval": 1000})
-    r = run_golf(["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp",
-                  "--trainer.callbacks+=plugins.FailFromStep", "--trainer.callbacks.step=2",
-                  "--trainer.callbacks.rank=1", f"--trainer.callbacks.out_dir={tmp_path}"],
-                 cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")}, timeout=300)
+    r = run_on_two_ranks(cfg, "--trainer.callbacks+=plugins.FailFromStep", "--trainer.callbacks.step=2",
+                         "--trainer.callbacks.rank=1", f"--trainer.callbacks.out_dir={tmp_path}")
     assert r.returncode == 3 and "FailFromStep: violated on another rank" in r.stderr, r.stderr[-3000:]
-    steps = [json.loads((tmp_path / f"stop_rank{rank}.json").read_text())["step"] for rank in (0, 1)]
-    assert steps == [3, 3]
+    assert stop_steps(tmp_path) == [3, 3]
 
 
 @pytest.mark.slow
 def test_two_ranks_stop_on_the_same_step_when_one_is_slow(tmp_path, tiny_data):
     cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 1000, "trainer.val_check_interval": 1000})
-    r = run_golf(["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp",
-                  "--trainer.callbacks+=golf.callbacks.WallClockBudget", "--trainer.callbacks.budget_seconds=6",
-                  "--trainer.callbacks+=plugins.SlowRank", f"--trainer.callbacks.out_dir={tmp_path}"],
-                 cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")})
+    r = run_on_two_ranks(cfg, "--trainer.callbacks+=golf.callbacks.WallClockBudget",
+                         "--trainer.callbacks.budget_seconds=6", "--trainer.callbacks+=plugins.SlowRank",
+                         f"--trainer.callbacks.out_dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
-    steps = {json.loads(p.read_text())["step"] for p in tmp_path.glob("stop_rank*.json")}
-    assert len(list(tmp_path.glob("stop_rank*.json"))) == 2 and len(steps) == 1
-    assert 0 < steps.pop() < 1000
+    steps = stop_steps(tmp_path)
+    assert steps[0] == steps[1] and 0 < steps[0] < 1000
 
 
 @pytest.mark.slow
@@ -109,14 +115,13 @@ def test_a_fault_on_one_rank_stops_both_ranks_on_the_same_step(tmp_path, tiny_da
     """A Ctrl-C or a non-finite loss seen by rank 1 only: the decision is agreed (one step late, without stalling the
     step), so both ranks stop together -- no rank is left waiting in a collective (the subprocess would time out)."""
     cfg = tiny_config(tmp_path, tiny_data, **{"trainer.max_steps": 12, "trainer.val_check_interval": 1000})
-    args = ["fit", "--config", str(cfg), "--trainer.devices=2", "--trainer.strategy=ddp"]
     if fault == "ctrl-c":
-        args += ["--trainer.callbacks+=golf.callbacks.SaveOnInterrupt", "--trainer.callbacks+=plugins.SignalSelf",
-                 "--trainer.callbacks.step=2", "--trainer.callbacks.signal_name=SIGINT", "--trainer.callbacks.rank=1"]
+        args = ["--trainer.callbacks+=golf.callbacks.SaveOnInterrupt", "--trainer.callbacks+=plugins.SignalSelf",
+                "--trainer.callbacks.step=2", "--trainer.callbacks.signal_name=SIGINT", "--trainer.callbacks.rank=1"]
     else:
-        args += ["--model.max_bad_steps=2", "--trainer.callbacks+=plugins.PoisonWeights", "--trainer.callbacks.step=2",
-                 "--trainer.callbacks.rank=1"]
-    r = run_golf(args, cwd=REPO, env={"PYTHONPATH": str(REPO / "tests")}, timeout=300)
+        args = ["--model.max_bad_steps=2", "--trainer.callbacks+=plugins.PoisonWeights", "--trainer.callbacks.step=2",
+                "--trainer.callbacks.rank=1"]
+    r = run_on_two_ranks(cfg, *args)
     assert r.returncode != 0, r.stderr[-3000:]
     if fault == "ctrl-c":
         (ckpt,) = only_version_dir(tmp_path).glob("checkpoints/interrupted.ckpt")
