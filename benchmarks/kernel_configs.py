@@ -5,8 +5,10 @@
         [--out benchmarks/results/kernel_configs.json]
 
 Each group of settings is swept with the other groups at their current values. A candidate is timed on the
-forward+backward of the part that runs it (``triton.testing.do_bench`` median; the GLA core for the GLA kernels, the
-fused prologue op for the prologue kernels) and its outputs and gradients are compared with the current setting's
+forward+backward of the part that runs it (GPU time: the summed kernel time under torch.profiler, mean of 10 calls,
+as ``ssm_kernel.py``'s GPU-time column; host-to-host time mostly measured the host launching these small kernels, and
+its spread between runs hid the differences between settings; the GLA core for the GLA kernels, the fused prologue
+op for the prologue kernels) and its outputs and gradients are compared with the current setting's
 (relative RMS; a candidate that changes the numbers beyond the bf16 limit is marked and never "best"). One table per
 group, fastest first, and the JSON; then copy the best settings into ``LAUNCH_CONFIG`` and re-run the GPU tests. On a
 machine without a GPU the ops take their PyTorch fallbacks, so a CPU run only exercises the script itself.
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from ssm_kernel import CHUNK, make_inputs  # benchmarks/ssm_kernel.py, beside this script
+from ssm_kernel import CHUNK, gpu_ms, make_inputs  # benchmarks/ssm_kernel.py, beside this script
 
 BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computation (only the tiling differs)
 
@@ -32,7 +34,7 @@ GLA_GROUPS = {
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8])
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
@@ -61,16 +63,17 @@ def run_and_grads(fn, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def timed(fn, leaves: list[torch.Tensor]) -> float:
-    """Median ms of forward+backward (do_bench on a GPU; one host-clock run otherwise)."""
+    """ms of forward+backward: GPU time on a GPU (after one untimed call that compiles), one host-clock run otherwise."""
     def step():
+        for x in leaves:  # no gradient-accumulation kernels
+            x.grad = None
         torch.autograd.backward(fn(), dys)
 
     outs = fn()
     dys = cotangents(outs)
     if outs[0].is_cuda:
-        from triton.testing import do_bench
-
-        return do_bench(step, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+        step()
+        return gpu_ms(step)
     t0 = time.perf_counter()
     step()
     return (time.perf_counter() - t0) * 1e3

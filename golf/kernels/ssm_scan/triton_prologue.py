@@ -47,9 +47,10 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
-# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops). Not tuned on a
-# GPU yet; the backward holds about twice the forward's live (BT, N) tiles, hence more warps.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8}
+# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; bwd_maxnreg: a
+# register cap for the backward, 0 = the compiler's choice, which is ~250 at BT 32 / 8 warps, one program per SM).
+# The backward holds about twice the forward's live (BT, N) tiles, hence more warps. Sweep: benchmarks/kernel_configs.py.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "bwd_maxnreg": 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,6 +290,11 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     return inputs, (b, t, g, n, h, r, nt), carry
 
 
+def _register_cap(maxnreg: int) -> dict[str, int]:
+    """Triton's ``maxnreg`` launch option when a cap is set (fewer registers per thread, more programs per SM)."""
+    return {"maxnreg": maxnreg} if maxnreg else {}
+
+
 def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
     """theta at the start of every T-block, ``[B, H, NT, N/2]`` fp32 (a 1-element dummy when R == 0)."""
     b, t, h, r = angles.shape
@@ -342,7 +348,7 @@ def mamba3_prologue_bwd_triton(
         q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None,
-        num_warps=LAUNCH_CONFIG["bwd_num_warps"],
+        num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
     _prologue_bwd_fix[(nt, b * h)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
