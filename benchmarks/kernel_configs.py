@@ -34,7 +34,7 @@ GLA_GROUPS = {
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128])
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128], fast_trig=[0, 1])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:

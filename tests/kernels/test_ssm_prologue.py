@@ -146,8 +146,12 @@ PROLOGUE_GPU_CASES = [
 @gpu
 @needs_cuda
 @needs_triton
+@pytest.mark.parametrize("fast_trig", [0, 1], ids=["libdevice-trig", "fast-trig"])
 @pytest.mark.parametrize("dtype,ratio", PROLOGUE_GPU_CASES)
-def test_prologue_op_gpu_realistic(dtype, ratio):
+def test_prologue_op_gpu_realistic(dtype, ratio, fast_trig, monkeypatch):
+    from golf.kernels.ssm_scan import triton_prologue
+
+    monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "fast_trig", fast_trig)
     inputs = prologue_inputs(2, 4096, 16, 1, 64, 16, dtype=dtype, device="cuda", seed=4)
     cot = random_cotangents(inputs, dtype)
     outs_ref, grads_ref = reference_with_grads(inputs, dtype, cot)

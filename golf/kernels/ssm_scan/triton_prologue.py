@@ -38,6 +38,8 @@ this replaces (bias, rotation, angle cumsums, forward + backward).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -48,9 +50,11 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
 # Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; bwd_maxnreg: a
-# register cap for the backward, 0 = the compiler's choice, which is ~250 at BT 32 / 8 warps, one program per SM).
-# The backward holds about twice the forward's live (BT, N) tiles, hence more warps. Sweep: benchmarks/kernel_configs.py.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "bwd_maxnreg": 0}
+# register cap for the backward, 0 = the compiler's choice, which is ~250 at BT 32 / 8 warps, one program per SM;
+# fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin). The backward holds about twice the forward's live
+# (BT, N) tiles, hence more warps. Sweep: benchmarks/kernel_configs.py.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "bwd_maxnreg": 0,
+                                 "fast_trig": 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,9 +104,25 @@ def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _cos_sin(theta, FAST: tl.constexpr):
+    """cos and sin of fp32 ``theta``. FAST: the GPU's approximate ``cos.approx``/``sin.approx`` (one instruction each,
+    absolute error ~1e-6 on [-pi, pi]) after reducing theta by the nearest multiple of 2 pi (2 pi in two parts, the
+    first exact in k * 6.28125); else libdevice's accurate cosf/sinf. The interpreter cannot run PTX: FAST is off there."""
+    if FAST:
+        k = tl.floor(theta * 0.15915494309189535 + 0.5)
+        r = theta - k * 6.28125 - k * 0.0019353071795864769
+        cos = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+        sin = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        cos, sin = tl.cos(theta), tl.sin(theta)
+    return cos, sin
+
+
+@triton.jit
 def _head_step(
     dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+    FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
     biased q, k and the trapezoid weight w."""
@@ -118,7 +138,7 @@ def _head_step(
         b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
         b_c0 = tl.load(carry + ((i_b * H + i_h) * NT + i_t) * NH + offs_j)
         b_theta = tl.cumsum(b_dt[:, None] * b_a, axis=0) + b_c0[None, :]
-        b_cos, b_sin = tl.cos(b_theta), tl.sin(b_theta)
+        b_cos, b_sin = _cos_sin(b_theta, FAST_TRIG)
     else:  # unused
         b_cos = tl.full([BT, NH], 1.0, dtype=tl.float32)
         b_sin = tl.zeros([BT, NH], dtype=tl.float32)
@@ -147,6 +167,7 @@ def _prologue_fwd(
     q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+    FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
@@ -155,7 +176,7 @@ def _prologue_fwd(
         i_h = i_g * HPG + i
         _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
-            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
+            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
         b_qr, b_kr = b_qb, b_kb
         if HAS_ROT:
@@ -173,7 +194,7 @@ def _prologue_bwd(
     dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
-    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr,
+    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
@@ -189,7 +210,7 @@ def _prologue_bwd(
         i_h = i_g * HPG + i
         b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
-            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT,
+            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
         g_offs = offs[:, None] * N + offs_n[None, :]
@@ -290,6 +311,11 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     return inputs, (b, t, g, n, h, r, nt), carry
 
 
+def _fast_trig() -> bool:
+    """LAUNCH_CONFIG["fast_trig"], except under TRITON_INTERPRET (the approximate cos/sin are PTX instructions)."""
+    return bool(LAUNCH_CONFIG["fast_trig"]) and os.environ.get("TRITON_INTERPRET") != "1"
+
+
 def _register_cap(maxnreg: int) -> dict[str, int]:
     """Triton's ``maxnreg`` launch option when a cap is set (fewer registers per thread, more programs per SM)."""
     return {"maxnreg": maxnreg} if maxnreg else {}
@@ -322,7 +348,8 @@ def mamba3_prologue_fwd_triton(
     diag = dt.new_empty(b, t, h)
     _prologue_fwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
+        num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag
 
@@ -347,7 +374,7 @@ def mamba3_prologue_bwd_triton(
     _prologue_bwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None,
+        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
     _prologue_bwd_fix[(nt, b * h)](
