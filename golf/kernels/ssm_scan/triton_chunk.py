@@ -202,13 +202,18 @@ def _bwd_dqkvg(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _interpreting() -> bool:
+    """Kernels run under Triton's interpreter (``TRITON_INTERPRET=1``: NumPy on the CPU, no PTX)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreter_compat() -> None:
     """Let runtime loop bounds (``range(NT)``) run under ``TRITON_INTERPRET=1`` with NumPy 2.
 
     Triton 3.6's interpreter turns a scalar (stored as a 1-element array) into a Python int with ``int(array)``,
     which NumPy 2 rejects for arrays of ndim 1. Only patched in interpreter mode, once, at the first launch.
     """
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not _interpreting():
         return
     from triton.runtime import interpreter
 

@@ -38,14 +38,12 @@ this replaces (bias, rotation, angle cumsums, forward + backward).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat
+from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpreting
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
@@ -313,7 +311,7 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
 
 def _fast_trig() -> bool:
     """LAUNCH_CONFIG["fast_trig"], except under TRITON_INTERPRET (the approximate cos/sin are PTX instructions)."""
-    return bool(LAUNCH_CONFIG["fast_trig"]) and os.environ.get("TRITON_INTERPRET") != "1"
+    return bool(LAUNCH_CONFIG["fast_trig"]) and not _interpreting()
 
 
 def _register_cap(maxnreg: int) -> dict[str, int]:
