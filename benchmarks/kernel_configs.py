@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from ssm_kernel import CHUNK, gpu_ms, make_inputs  # benchmarks/ssm_kernel.py, beside this script
+from ssm_kernel import CHUNK, backward_step, gpu_ms, make_inputs  # benchmarks/ssm_kernel.py, beside this script
 
 BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computation (only the tiling differs)
 
@@ -64,13 +64,8 @@ def run_and_grads(fn, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def timed(fn, leaves: list[torch.Tensor]) -> float:
     """ms of forward+backward: GPU time on a GPU (after one untimed call that compiles), one host-clock run otherwise."""
-    def step():
-        for x in leaves:  # no gradient-accumulation kernels
-            x.grad = None
-        torch.autograd.backward(fn(), dys)
-
     outs = fn()
-    dys = cotangents(outs)
+    step = backward_step(fn, leaves, cotangents(outs))
     if outs[0].is_cuda:
         step()
         return gpu_ms(step)

@@ -218,15 +218,9 @@ def time_case(case: Case, warmup: int, rep: int) -> dict:
     grads = [x for x in case.leaves if x.requires_grad]
     t_fwd = do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
     t_all = do_bench(fwd_bwd, warmup=warmup, rep=rep, grad_to_none=grads, return_mode="median")
-
-    def fwd_bwd_fresh_grads():  # as do_bench's grad_to_none: no gradient-accumulation kernels
-        for x in grads:
-            x.grad = None
-        fwd_bwd()
-
     return dict(
         fwd_gpu_ms=gpu_ms(fwd),
-        fwdbwd_gpu_ms=gpu_ms(fwd_bwd_fresh_grads),
+        fwdbwd_gpu_ms=gpu_ms(backward_step(case.fn, grads, dy)),
         fwd_ms=t_fwd,
         fwd_tbps=fwd_bytes / t_fwd / 1e9,
         fwd_tflops=case.flops[0] / t_fwd / 1e9,
@@ -234,6 +228,18 @@ def time_case(case: Case, warmup: int, rep: int) -> dict:
         fwdbwd_tbps=bwd_bytes / t_all / 1e9,
         fwdbwd_tflops=case.flops[1] / t_all / 1e9,
     )
+
+
+def backward_step(fn, leaves: list[torch.Tensor], cotangents):
+    """A forward+backward of ``fn`` with fixed ``cotangents`` and fresh ``.grad`` (as do_bench's ``grad_to_none``):
+    no gradient-accumulation kernels in what is timed."""
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        torch.autograd.backward(fn(), cotangents)
+
+    return step
 
 
 def gpu_ms(call, reps: int = 10) -> float:
