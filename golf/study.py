@@ -46,6 +46,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -1252,9 +1253,8 @@ def build_study(per_study: dict[str, list[str]], arms: dict[str, Arm], results: 
 def _mean_sd(values: list[float | None]) -> dict[str, Any]:
     """Mean, sample standard deviation (None below two values) and count of the values that exist."""
     v = [x for x in values if x is not None and math.isfinite(x)]
-    mean = sum(v) / len(v) if v else None
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
-    return {"mean": mean, "sd": sd, "n": len(v)}
+    return {"mean": statistics.fmean(v) if v else None, "sd": statistics.stdev(v) if len(v) > 1 else None,
+            "n": len(v)}
 
 
 def write_markdown(study: dict[str, Any], path: Path) -> None:
