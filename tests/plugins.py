@@ -34,6 +34,11 @@ class MinValTokens(Constraint):
         return None if n >= self.min_tokens else f"scored {n} val tokens < {self.min_tokens}"
 
 
+def record_last_step(out_dir: str, trainer) -> None:
+    """stop_rank{rank}.json: the last step this rank trained (tests/test_fit.py's ``stop_steps`` reads it)."""
+    (Path(out_dir) / f"stop_rank{trainer.global_rank}.json").write_text(json.dumps({"step": trainer.global_step}))
+
+
 class SlowRank(Callback):
     """Sleeps after every step on one rank and records, per rank, the step at which training ended."""
 
@@ -45,8 +50,7 @@ class SlowRank(Callback):
             time.sleep(self.seconds)
 
     def on_train_end(self, trainer, pl_module):
-        path = Path(self.out_dir) / f"stop_rank{trainer.global_rank}.json"
-        path.write_text(json.dumps({"step": trainer.global_step, "pid": os.getpid()}))
+        record_last_step(self.out_dir, trainer)
 
 
 class PoisonWeights(Callback):
@@ -102,5 +106,4 @@ class FailFromStep(Constraint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        path = Path(self.out_dir) / f"stop_rank{trainer.global_rank}.json"  # the last step trained, kept at the end
-        path.write_text(json.dumps({"step": trainer.global_step}))
+        record_last_step(self.out_dir, trainer)  # every step: the file left at the end holds the last one

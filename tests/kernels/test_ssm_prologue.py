@@ -88,19 +88,23 @@ def test_prologue_opcheck(ngroups, out_dtype):
     torch.library.opcheck(ssm_op._mamba3_prologue_bwd, (*detached, cot[0], cot[1], None))
 
 
+def check_op_against_reference(inputs, out_dtype, ratio: float) -> None:
+    """The op's outputs and its autograd gradients of every input vs the fp64 reference prologue under autograd."""
+    cot = random_cotangents(inputs, out_dtype)
+    outs_ref, grads_ref = reference_with_grads(inputs, out_dtype, cot)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    outs = ssm_op.mamba3_prologue(*leaves, out_dtype)
+    grads = torch.autograd.grad(outs, leaves, cot)
+    for name, ref, out in zip(("q_rot", "k_w", "diag"), outs_ref, outs):
+        assert_close(name, ref, out, ratio)
+    for name, ref, out in zip(INPUT_NAMES, grads_ref, grads):
+        assert_close(f"d{name}", ref, out, ratio)
+
+
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["G1", "GH"])
 def test_prologue_op_matches_reference(ngroups):
     """The op's forward and autograd == the reference prologue under autograd (fp32 on CPU)."""
-    inputs = prologue_inputs(2, 30, 3, ngroups, 8, 3)
-    cot = random_cotangents(inputs, torch.float32)
-    outs_ref, grads_ref = reference_with_grads(inputs, torch.float32, cot)
-    leaves = [x.clone().requires_grad_() for x in inputs]
-    outs = ssm_op.mamba3_prologue(*leaves, torch.float32)
-    grads = torch.autograd.grad(outs, leaves, cot)
-    for name, ref, out in zip(("q_rot", "k_w", "diag"), outs_ref, outs):
-        assert_close(name, ref, out, 1e-6)
-    for name, ref, out in zip(INPUT_NAMES, grads_ref, grads):
-        assert_close(f"d{name}", ref, out, 1e-6)
+    check_op_against_reference(prologue_inputs(2, 30, 3, ngroups, 8, 3), torch.float32, 1e-6)
 
 
 def _siso_with_grads(fn, inputs: dict):
@@ -152,16 +156,7 @@ def test_prologue_op_gpu_realistic(dtype, ratio, fast_trig, monkeypatch):
     from golf.kernels.ssm_scan import triton_prologue
 
     monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "fast_trig", fast_trig)
-    inputs = prologue_inputs(2, 4096, 16, 1, 64, 16, dtype=dtype, device="cuda", seed=4)
-    cot = random_cotangents(inputs, dtype)
-    outs_ref, grads_ref = reference_with_grads(inputs, dtype, cot)
-    leaves = [x.clone().requires_grad_() for x in inputs]
-    outs = ssm_op.mamba3_prologue(*leaves, dtype)
-    grads = torch.autograd.grad(outs, leaves, cot)
-    for name, ref, out in zip(("q_rot", "k_w", "diag"), outs_ref, outs):
-        assert_close(name, ref, out, ratio)
-    for name, ref, out in zip(INPUT_NAMES, grads_ref, grads):
-        assert_close(f"d{name}", ref, out, ratio)
+    check_op_against_reference(prologue_inputs(2, 4096, 16, 1, 64, 16, dtype=dtype, device="cuda", seed=4), dtype, ratio)
 
 
 @gpu
