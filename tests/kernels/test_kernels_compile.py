@@ -24,7 +24,7 @@ COMPILE_ALL = textwrap.dedent('''
 
     from golf.kernels.ssm_scan import triton_chunk as tc, triton_prologue as tp
 
-    INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_ar"}
+    INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_ar", "s_vt"}
     BF16 = {"q", "k", "v", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "o", "hs"}
 
     def compile_kernel(fn, constexprs, **options):

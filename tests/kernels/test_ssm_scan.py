@@ -233,6 +233,19 @@ TRITON_CASES = [
 @needs_triton
 @pytest.mark.parametrize("batch,seqlen,nheads,d_state,headdim,chunk,with_h0,with_dht", TRITON_CASES)
 def test_triton_gla_matches_reference(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht):
+    _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht)
+
+
+@needs_triton
+def test_triton_gla_reads_v_as_a_column_slice_without_a_copy():
+    """The mixer's v is a column slice of in_proj's output (row stride > H * P): the kernels read it in place."""
+    from golf.kernels.ssm_scan.triton_chunk import _rows_of_heads
+
+    v = _check_triton_gla(2, 130, 2, 32, 16, 32, True, True, v_row_padding=24)
+    assert v.stride(1) == 2 * 16 + 24 and _rows_of_heads(v) is v
+
+
+def _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, v_row_padding=0):
     from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton, gla_chunk_fwd_triton
 
     device = "cuda" if HAS_CUDA else "cpu"
@@ -242,7 +255,8 @@ def test_triton_gla_matches_reference(batch, seqlen, nheads, d_state, headdim, c
         return torch.randn(*shape, generator=gen).to(device)
 
     q, k = rnd(batch, seqlen, nheads, d_state) / d_state**0.5, rnd(batch, seqlen, nheads, d_state) / d_state**0.5
-    v = rnd(batch, seqlen, nheads, headdim)
+    rows = rnd(batch, seqlen, v_row_padding + nheads * headdim)  # v: the last H * P columns of wider rows
+    v = rows[..., v_row_padding:].view(batch, seqlen, nheads, headdim)
     g = -torch.rand(batch, seqlen, nheads, generator=gen).to(device) * 0.3
     h0 = rnd(batch, nheads, headdim, d_state) if with_h0 else None
     do = rnd(batch, seqlen, nheads, headdim)
@@ -260,6 +274,7 @@ def test_triton_gla_matches_reference(batch, seqlen, nheads, d_state, headdim, c
     assert_close("final", ht_ref, ht, 1e-5)
     for name, ref, out in zip(("dq", "dk", "dv", "dg", "dh0"), grads_ref, grads):
         assert_close(name, ref, out, 1e-5)
+    return v
 
 
 # ---------------------------------------------------------------------------------------------------------------

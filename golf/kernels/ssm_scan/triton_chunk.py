@@ -12,8 +12,8 @@ backward (the chunk states are recomputed by kernel 1, not saved)
   3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
   4. ``_bwd_dqkvg``: dq, dk, dv and the log-decay gradient of one chunk; grid (NT, B*H).
 
-Layouts: q, k ``[B, T, H, N]``, v, o ``[B, T, H, P]`` (contiguous), log-decay ``[B, T, H]`` fp32, states
-``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32; ``tl.dot`` takes bf16
+Layouts: q, k ``[B, T, H, N]``, o ``[B, T, H, P]`` (contiguous), v ``[B, T, H, P]`` at any row stride, log-decay
+``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32; ``tl.dot`` takes bf16
 operands for bf16 inputs and fp32 operands (tf32 unless ``torch.get_float32_matmul_precision() == "highest"``)
 for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
 """
@@ -40,7 +40,7 @@ SUPPORTED_DIMS = (16, 32, 64, 128)
 @triton.jit
 def _fwd_states(
     k, v, g, h0, hs, ht,
-    T, NT,
+    T, NT, s_vt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     HAS_H0: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
@@ -51,7 +51,7 @@ def _fwd_states(
     offs_n = tl.arange(0, N)
     offs_v = i_v * BV + tl.arange(0, BV)
     k += i_b * T * H * N + i_h * N
-    v += i_b * T * H * P + i_h * P
+    v += i_b * T * s_vt + i_h * P
     g += i_b * T * H + i_h
     state_offs = offs_v[:, None] * N + offs_n[None, :]  # (BV, N) tile of a (P, N) state
     if HAS_H0:
@@ -66,7 +66,7 @@ def _fwd_states(
         b_gc = tl.cumsum(b_g, axis=0)
         b_gl = tl.sum(b_g, axis=0)
         b_k = tl.load(k + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
-        b_v = tl.load(v + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
+        b_v = tl.load(v + rows[:, None] * s_vt + offs_v[None, :], mask=m_t[:, None], other=0.0)
         b_vw = (b_v * tl.exp(b_gl - b_gc)[:, None]).to(b_k.dtype)
         b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_vw), b_k, input_precision=DOT_PREC)
     tl.store(ht + i_bh64 * P * N + state_offs, b_h)
@@ -75,7 +75,7 @@ def _fwd_states(
 @triton.jit
 def _fwd_output(
     q, k, v, g, hs, o,
-    T, NT,
+    T, NT, s_vt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -87,10 +87,10 @@ def _fwd_output(
     rows = i_t * BT + offs_t
     m_t = rows < T
     qk_offs = i_b * T * H * N + i_h * N + rows[:, None] * (H * N) + offs_n[None, :]
-    vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    o_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
-    b_v = tl.load(v + vo_offs, mask=m_t[:, None], other=0.0)
+    b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + i_b * T * H + i_h + rows * H, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_h = tl.load(hs + (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :])  # (P, N)
@@ -101,7 +101,7 @@ def _fwd_output(
     b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
     b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
     b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-    tl.store(o + vo_offs, b_o.to(o.dtype.element_ty), mask=m_t[:, None])
+    tl.store(o + o_offs, b_o.to(o.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -144,7 +144,7 @@ def _bwd_states(
 @triton.jit
 def _bwd_dqkvg(
     q, k, v, g, hs, dhs, do, dq, dk, dv, dg,
-    T, NT,
+    T, NT, s_vt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -161,7 +161,7 @@ def _bwd_dqkvg(
     state_offs = (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :]
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
-    b_v = tl.load(v + vo_offs, mask=m_t[:, None], other=0.0)
+    b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
     b_do = tl.load(do + vo_offs, mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
@@ -265,6 +265,16 @@ def _config(kernel: str, p: int) -> dict[str, int]:
     return cfg
 
 
+def _rows_of_heads(v: Tensor) -> Tensor:
+    """v as is when each (b, t) row holds its H heads of P contiguously, at any row stride (the mixer's v is a column
+    slice of the input projection's output: copying it cost two full passes over v per layer and step); else a
+    contiguous copy. The kernels take the row stride (``s_vt``)."""
+    b, t, h, p = v.shape
+    if v.stride(3) == 1 and v.stride(2) == p and v.stride(1) >= h * p and v.stride(0) == t * v.stride(1):
+        return v
+    return v.contiguous()
+
+
 def _launch_fwd_states(k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, bt: int) -> tuple[Tensor, Tensor]:
     b, t, h, n = k.shape
     p = v.shape[-1]
@@ -273,7 +283,7 @@ def _launch_fwd_states(k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, bt: i
     hs = k.new_empty(b, h, nt, p, n)
     ht = k.new_empty(b, h, p, n, dtype=torch.float32)
     _fwd_states[(p // cfg["bv"], b * h)](
-        k, v, g, h0 if h0 is not None else ht, hs, ht, t, nt,
+        k, v, g, h0 if h0 is not None else ht, hs, ht, t, nt, v.stride(1),
         H=h, N=n, P=p, BT=bt, BV=cfg["bv"], HAS_H0=h0 is not None, DOT_PREC=_dot_precision(k.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
@@ -286,17 +296,17 @@ def gla_chunk_fwd_triton(
     """Forward of the GLA core. Returns (o ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
     g = g.float().contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     b, t, h, n = q.shape
     p = v.shape[-1]
     hs, ht = _launch_fwd_states(k, v, g, h0, chunk_size)
     nt = hs.shape[2]
-    o = torch.empty_like(v)
+    o = v.new_empty(v.shape)
     cfg = _config("fwd_output", p)
     _fwd_output[(nt, b * h)](
-        q, k, v, g, hs, o, t, nt,
+        q, k, v, g, hs, o, t, nt, v.stride(1),
         H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
@@ -316,7 +326,7 @@ def gla_chunk_bwd_triton(
     """Backward of the GLA core. Returns (dq, dk, dv in the input dtype, dlog_decay fp32, dinitial_state fp32)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
     do = do.to(v.dtype).contiguous()
     g = g.float().contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -334,11 +344,11 @@ def gla_chunk_bwd_triton(
         H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, DOT_PREC=prec,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), v.new_empty(v.shape)
     dg = torch.empty_like(g)
     cfg = _config("bwd_dqkvg", p)
     _bwd_dqkvg[(nt, b * h)](
-        q, k, v, g, hs, dhs, do, dq, dk, dv, dg, t, nt,
+        q, k, v, g, hs, dhs, do, dq, dk, dv, dg, t, nt, v.stride(1),
         H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
