@@ -18,11 +18,12 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   G = 1 q and k are read once per block and the head sums of dq, dk are accumulated in registers (deterministic,
   no atomics, no per-head fp32 copies).
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
-  cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the in-block reverse
-  cumsum (into the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) adds the sum of the
-  later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient crosses block edges).
-  Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a
-  sequential backward.
+  cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the raw dtheta (into
+  the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) takes the in-block reverse cumsum,
+  adds the sum of the later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient
+  crosses block edges). Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at
+  R = 16) and avoid a sequential backward; the scan sits in the light kernel because the heavy one, which loops over
+  the heads, paid for it in every head (measured: ``benchmarks/RESULTS.md``).
 * Rotation pairs (2j, 2j+1) are handled by loading contiguous ``[BT, N]`` rows and splitting them with
   ``reshape + split`` (joined back before the store), so loads and stores stay contiguous. Theta is kept for all
   N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0 (cos 1, sin 0).
@@ -48,11 +49,12 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpretin
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 
 # Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; bwd_maxnreg: a
-# register cap for the backward, 0 = the compiler's choice, which is ~250 at BT 32 / 8 warps, one program per SM;
-# fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin). The backward holds about twice the forward's live
-# (BT, N) tiles, hence more warps. Sweep: benchmarks/kernel_configs.py.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 4, "bwd_num_warps": 8, "bwd_maxnreg": 0,
-                                 "fast_trig": 0}
+# register cap for the backward, 0 = the compiler's choice; fast_trig: 1 = the GPU's approximate cos/sin, see
+# _cos_sin). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue, RESULTS.md): 4 warps for
+# the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the approximate trig saves a
+# further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "bwd_num_warps": 4, "bwd_maxnreg": 0,
+                                 "fast_trig": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,8 +197,7 @@ def _prologue_bwd(
     HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
-    ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, the in-block reverse cumsum of dtheta and its
-    block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
+    ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, dtheta and its block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
     i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
@@ -225,8 +226,7 @@ def _prologue_bwd(
             b_dqb, b_dkb = _rot(b_gq, b_cos, -b_sin, BT, NH), _rot(b_gkr, b_cos, -b_sin, BT, NH)
             b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
-            b_rc = tl.cumsum(b_dth, axis=0, reverse=True)
-            tl.store(dang + offs[:, None] * R + offs_j[None, :], b_rc, mask=m_t[:, None] & m_j[None, :])
+            tl.store(dang + offs[:, None] * R + offs_j[None, :], b_dth, mask=m_t[:, None] & m_j[None, :])
             tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
         else:
             b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
@@ -252,7 +252,8 @@ def _prologue_bwd_fix(
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
-    """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the angle carry from later blocks."""
+    """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the reverse cumsum of dtheta, in the
+    block and carried from later blocks."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
@@ -277,7 +278,7 @@ def _prologue_bwd_fix(
         a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
         b_a = tl.load(angles + a_offs, mask=m_a, other=0.0)
         g_offs = offs[:, None] * R + offs_j[None, :]
-        b_rc = tl.load(dang + g_offs, mask=m_a, other=0.0) + b_carry[None, :]  # reverse cumsum over all of T
+        b_rc = tl.cumsum(tl.load(dang + g_offs, mask=m_a, other=0.0), axis=0, reverse=True) + b_carry[None, :]
         b_ddt += tl.sum(b_rc * b_a, axis=1)
         tl.store(dang + g_offs, b_dt[:, None] * b_rc, mask=m_a)
     tl.store(ddt + offs, b_ddt, mask=m_t)
