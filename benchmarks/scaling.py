@@ -85,7 +85,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
     out = dict(device=torch.cuda.get_device_name(), gpus=gpu_count, torch=torch.__version__,
                date=datetime.now(timezone.utc).isoformat(),
-               commit=commit.stdout.strip() or os.environ.get("GOLF_COMMIT", "unknown"),
+               commit=os.environ.get("GOLF_COMMIT") or commit.stdout.strip() or "unknown",  # a copied tree's .git can be stale
                steps=args.steps, warmup=args.warmup, rows=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -400,8 +400,10 @@ def main() -> None:
     compare(rows, args.configs)
     print_table(rows)
     out = dict(device=device_name(), torch=torch.__version__, date=datetime.now(timezone.utc).isoformat(),
-               commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip() or os.environ.get("GOLF_COMMIT", "unknown"),
+               # GOLF_COMMIT first: a working tree copied to a GPU machine can carry a stale .git
+               commit=os.environ.get("GOLF_COMMIT") or subprocess.run(
+                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+               ).stdout.strip() or "unknown",
                steps=args.steps, warmup=args.warmup, concurrent_gpus=args.gpus, rows=rows)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import lightning.pytorch as pl
 import torch
+import torch._inductor.config
 from lightning.pytorch.utilities import rank_zero_info
 
 from golf.agreement import LaggedMax
@@ -23,6 +24,18 @@ from golf.modules.mamba3 import Mamba3Mixer
 from golf.optim import GolfOptimizer
 
 SSM_DYNAMICS = ("dt_bias", "B_bias", "C_bias", "D", "B_norm_weight", "C_norm_weight")
+
+# Inductor's mix-order reduction fuses a per-row reduction (the RMSNorm backward) with per-channel sums over all rows
+# (the control vectors' gradients) into one kernel. On the hybrid it ran 5.5 ms per micro-batch on an H200, about 10x
+# the time its bytes need, and the separate kernels are faster (benchmarks/RESULTS.md). Older torch has no switch.
+INDUCTOR_OPTIONS = (
+    {"triton.mix_order_reduction": False} if hasattr(torch._inductor.config.triton, "mix_order_reduction") else {}
+)
+
+
+def _compile(fn):
+    """torch.compile as golf uses it: one whole graph, static shapes, the Inductor options above."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
 
 
 @dataclass
@@ -172,14 +185,14 @@ class GolfLM(pl.LightningModule):
         if not self.compile or self._compiled:
             return
         if self.compile_regions:
-            block = torch.compile(_run_block, fullgraph=True, dynamic=False)
-            head_loss = torch.compile(self.model.head_loss, fullgraph=True, dynamic=False)
-            head = torch.compile(self.model.head, fullgraph=True, dynamic=False)
+            block = _compile(_run_block)
+            head_loss = _compile(self.model.head_loss)
+            head = _compile(self.model.head)
             self._compiled["loss"] = lambda x, y: head_loss(self.model.hidden(x, run_block=block)[0], y)
             self._compiled["forward"] = lambda x: head(self.model.hidden(x, run_block=block)[0])
         else:
-            self._compiled["loss"] = torch.compile(self.model.loss, fullgraph=True, dynamic=False)
-            self._compiled["forward"] = torch.compile(self.model, fullgraph=True, dynamic=False)
+            self._compiled["loss"] = _compile(self.model.loss)
+            self._compiled["forward"] = _compile(self.model)
 
     def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._compiled.get("loss", self.model.loss)(x, y)
