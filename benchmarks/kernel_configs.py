@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import code_commit  # benchmarks/provenance.py, beside this script
 from ssm_kernel import CHUNK, backward_step, gpu_ms, make_inputs  # benchmarks/ssm_kernel.py, beside this script
 
 BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computation (only the tiling differs)
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         return mamba3_prologue(*(pro[key] for key in pro_keys), torch.bfloat16)
 
     result = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (PyTorch fallbacks: no kernel runs)",
-                  torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  torch=torch.__version__, commit=code_commit(),
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   batch=args.batch, seqlen=args.seqlen, groups={})
     groups = [(f"gla_{name}", triton_chunk.LAUNCH_CONFIG[name], space, gla_fn, gla_leaves)
               for name, space in GLA_GROUPS.items()]

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import code_commit  # benchmarks/provenance.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -82,10 +83,9 @@ def main() -> None:
         print(f"{r['config']:<18}{r['devices']:>5}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>13,.0f}"
               f"{r['tokens_per_s_per_gpu']:>12,.0f}{r.get('scaling_efficiency', float('nan')):>7.1%}"
               f"{r['compile_warmup_s']:>10.1f}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
     out = dict(device=torch.cuda.get_device_name(), gpus=gpu_count, torch=torch.__version__,
                date=datetime.now(timezone.utc).isoformat(),
-               commit=os.environ.get("GOLF_COMMIT") or commit.stdout.strip() or "unknown",  # a copied tree's .git can be stale
+               commit=code_commit(),
                steps=args.steps, warmup=args.warmup, rows=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from provenance import code_commit  # benchmarks/provenance.py, beside this script
 
 CHUNK = 64
 SHAPES = [(8, 4096), (32, 1024)]
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
+        commit=code_commit(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         dtype="bfloat16",
         chunk_size=CHUNK,

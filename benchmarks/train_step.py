@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import code_commit  # benchmarks/provenance.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -400,10 +401,7 @@ def main() -> None:
     compare(rows, args.configs)
     print_table(rows)
     out = dict(device=device_name(), torch=torch.__version__, date=datetime.now(timezone.utc).isoformat(),
-               # GOLF_COMMIT first: a working tree copied to a GPU machine can carry a stale .git
-               commit=os.environ.get("GOLF_COMMIT") or subprocess.run(
-                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-               ).stdout.strip() or "unknown",
+               commit=code_commit(),
                steps=args.steps, warmup=args.warmup, concurrent_gpus=args.gpus, rows=rows)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -85,3 +86,14 @@ def test_profile_summaries_leave_out_annotated_ranges(monkeypatch):
     opt.param_groups[0]["params"][0].grad = torch.ones(8)
     summary = profile_step(opt.step)
     assert summary["top"] and not any("Optimizer.step" in k["name"] for k in summary["top"])
+
+
+def test_results_name_the_commit_given_by_golf_commit_before_git_head(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import provenance
+
+    monkeypatch.delenv("GOLF_COMMIT", raising=False)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    assert provenance.code_commit() == (head.strip() or "unknown")
+    monkeypatch.setenv("GOLF_COMMIT", "abc1234")  # a tree copied to a GPU machine, whose .git may be stale
+    assert provenance.code_commit() == "abc1234"
