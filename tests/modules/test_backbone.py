@@ -129,6 +129,24 @@ def test_baseline_int8_payload_is_the_challenge_baseline_s():
     assert qs.payload_bytes == 17_178_912
 
 
+@pytest.mark.parametrize("regions", [False, True], ids=["whole-model", "regional"])
+def test_every_compile_gets_golfs_inductor_options_and_they_are_real_settings(monkeypatch, regions):
+    import torch._inductor.config
+
+    from golf.model import INDUCTOR_OPTIONS
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    cfg = BackboneConfig(model_dim=32, layers="SA", num_heads=2, num_kv_heads=1,
+                         ssm=SSMConfig(d_state=16, headdim=16, chunk_size=8))
+    GolfLM(vocab_size=97, seq_len=24, backbone=cfg, compile=True, compile_regions=regions).configure_model()
+    assert calls and all(kwargs["options"] == INDUCTOR_OPTIONS for kwargs in calls)
+    known = torch._inductor.config.get_config_copy()
+    assert all(key in known for key in INDUCTOR_OPTIONS), "an Inductor option golf sets does not exist in this torch"
+    if "triton.mix_order_reduction" in known:  # the fused per-row + per-channel reduction measured slow on the hybrid
+        assert INDUCTOR_OPTIONS == {"triton.mix_order_reduction": False}
+
+
 def test_regional_compile_shares_one_graph_per_block_kind_and_matches_eager(monkeypatch):
     import functools
 

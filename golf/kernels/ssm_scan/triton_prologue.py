@@ -197,7 +197,8 @@ def _prologue_bwd(
     HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
-    ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, dtheta and its block total, per-block bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
+    ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, dtheta and its block total, per-block
+    bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
     i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
