@@ -312,8 +312,8 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
 
 
 def _fast_trig() -> bool:
-    """LAUNCH_CONFIG["fast_trig"], except under TRITON_INTERPRET (the approximate cos/sin are PTX instructions)."""
-    return bool(LAUNCH_CONFIG["fast_trig"]) and not _interpreting()
+    """LAUNCH_CONFIG["fast_trig"], except under TRITON_INTERPRET and on ROCm (the approximate cos/sin are PTX)."""
+    return bool(LAUNCH_CONFIG["fast_trig"]) and not _interpreting() and torch.version.hip is None
 
 
 def _register_cap(maxnreg: int) -> dict[str, int]:
