@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from golf.data.tokenizer import BOS_ID, ByteLUTs, build_byte_luts, load_tokenizer, normalized_text, train_tokenizer
+from golf.data.tokenizer import BOS_ID, build_byte_luts, load_tokenizer, normalized_text, train_tokenizer
 from golf.metrics import BitsPerByte
 
 
