@@ -13,9 +13,9 @@ backward (the chunk states are recomputed by kernel 1, not saved)
   4. ``_bwd_dqkvg``: dq, dk, dv and the log-decay gradient of one chunk; grid (NT, B*H).
 
 Layouts: q, k ``[B, T, H, N]``, o ``[B, T, H, P]`` (contiguous), v ``[B, T, H, P]`` at any row stride, log-decay
-``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32; ``tl.dot`` takes bf16
-operands for bf16 inputs and fp32 operands (tf32 unless ``torch.get_float32_matmul_precision() == "highest"``)
-for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
+``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
+``tl.dot`` takes bf16 operands for bf16 inputs and fp32 operands (tf32 unless
+``torch.get_float32_matmul_precision() == "highest"``) for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
 """
 
 from __future__ import annotations

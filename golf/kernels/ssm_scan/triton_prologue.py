@@ -107,7 +107,8 @@ def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
 def _cos_sin(theta, FAST: tl.constexpr):
     """cos and sin of fp32 ``theta``. FAST: the GPU's approximate ``cos.approx``/``sin.approx`` (one instruction each,
     absolute error ~1e-6 on [-pi, pi]) after reducing theta by the nearest multiple of 2 pi (2 pi in two parts, the
-    first exact in k * 6.28125); else libdevice's accurate cosf/sinf. The interpreter cannot run PTX: FAST is off there."""
+    first exact in k * 6.28125); else libdevice's accurate cosf/sinf. The interpreter cannot run PTX: FAST is off
+    there."""
     if FAST:
         k = tl.floor(theta * 0.15915494309189535 + 0.5)
         r = theta - k * 6.28125 - k * 0.0019353071795864769
