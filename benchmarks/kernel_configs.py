@@ -35,7 +35,8 @@ GLA_GROUPS = {
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128], fast_trig=[0, 1])
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128],
+                      fast_trig=[0, 1])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
@@ -64,7 +65,8 @@ def run_and_grads(fn, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def timed(fn, leaves: list[torch.Tensor]) -> float:
-    """ms of forward+backward: GPU time on a GPU (after one untimed call that compiles), one host-clock run otherwise."""
+    """ms of forward+backward: GPU time on a GPU (after one untimed call that compiles), one host-clock run
+    otherwise."""
     outs = fn()
     step = backward_step(fn, leaves, cotangents(outs))
     if outs[0].is_cuda:
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seqlen", type=int, default=4096)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernel_configs.json"))
     ap.add_argument("--groups", nargs="+", default=None, metavar="NAME",
-                    help="sweep only these groups (gla_fwd_states gla_bwd_states gla_fwd_output gla_bwd_dqkvg prologue)")
+                    help="sweep only these groups "
+                         "(gla_fwd_states gla_bwd_states gla_fwd_output gla_bwd_dqkvg prologue)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from golf.kernels.ssm_scan import triton_chunk, triton_prologue

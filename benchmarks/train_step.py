@@ -241,7 +241,8 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     profile_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(script)]
     if profile:
-        cmd[1:1] = [str(Path(__file__).with_name("profile_script.py")), "--step", str(last + 1), "--out", str(profile_path)]
+        profiler = Path(__file__).with_name("profile_script.py")
+        cmd[1:1] = [str(profiler), "--step", str(last + 1), "--out", str(profile_path)]
     with open(log_path, "w") as log_file:  # on disk as it runs: a timed-out peer still leaves its step times
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 cwd=str(peers), start_new_session=True)
