@@ -7,9 +7,10 @@
 Each group of settings is swept with the other groups at their current values. A candidate is timed on the
 forward+backward of the part that runs it (GPU time: the summed kernel time under torch.profiler, mean of 10 calls,
 as ``ssm_kernel.py``'s GPU-time column; host-to-host time mostly measured the host launching these small kernels, and
-its spread between runs hid the differences between settings; the GLA core for the GLA kernels, the fused prologue
-op for the prologue kernels) and its outputs and gradients are compared with the current setting's
-(relative RMS; a candidate that changes the numbers beyond the bf16 limit is marked and never "best"). One table per
+its spread between runs hid the differences between settings; the GLA core with its output stage (skip, z gate) for
+the GLA kernels, the fused prologue op for the prologue kernels) and its outputs and gradients are compared with the
+current setting's (relative RMS; a candidate that changes the numbers beyond the bf16 limit is marked and never
+"best"). One table per
 group, fastest first, and the JSON; then copy the best settings into ``LAUNCH_CONFIG`` and re-run the GPU tests. On a
 machine without a GPU the ops take their PyTorch fallbacks, so a CPU run only exercises the script itself.
 """
@@ -116,13 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     b, t, h = inp["v"].shape[:3]
     n = inp["q"].shape[-1]
     gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
-               v=inp["v"].clone(), g=inp["adt"].clone())
+               v=inp["v"].clone(), g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=inp["z"].clone())
     gla_leaves = [x.requires_grad_() for x in gla.values()]
     pro_keys = ("q", "k", "dt", "trap", "q_bias", "k_bias", "angles")
     pro = {key: inp[key].detach().clone().requires_grad_() for key in pro_keys}
 
     def gla_fn():  # each part returns its differentiable outputs; the sweep feeds them fixed random gradients
-        return gla_chunk(gla["q"], gla["k"], gla["v"], gla["g"], None, CHUNK)[:1]
+        return gla_chunk(gla["q"], gla["k"], gla["v"], gla["g"], None, CHUNK, gla["skip"], gla["z"])[:1]
 
     def prologue_fn():
         return mamba3_prologue(*(pro[key] for key in pro_keys), torch.bfloat16)

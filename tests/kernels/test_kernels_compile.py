@@ -24,8 +24,8 @@ COMPILE_ALL = textwrap.dedent('''
 
     from golf.kernels.ssm_scan import triton_chunk as tc, triton_prologue as tp
 
-    INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_ar", "s_vt"}
-    BF16 = {"q", "k", "v", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "o", "hs"}
+    INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_ar", "s_vt", "s_zt"}
+    BF16 = {"q", "k", "v", "z", "y", "dy", "dz", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "hs"}
 
     def compile_kernel(fn, constexprs, **options):
         sig = {}
@@ -52,9 +52,10 @@ COMPILE_ALL = textwrap.dedent('''
     compile_kernel(tp._theta_carry, dict(H=16, R=16, NH=32, BT=32, CB=8))
     gla = dict(H=16, N=64, P=64, BT=64, DOT_PREC="tf32")
     compile_kernel(tc._fwd_states, dict(gla, BV=64, HAS_H0=True))
-    compile_kernel(tc._fwd_output, gla)
-    compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True))
-    compile_kernel(tc._bwd_dqkvg, gla)
+    for stage in (True, False):  # with the output stage (Mamba-3) and without (the bare GLA core)
+        compile_kernel(tc._fwd_output, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
+        compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True, HAS_Z=stage))
+        compile_kernel(tc._bwd_dqkvg, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
 ''')
 
 
@@ -63,4 +64,4 @@ def test_every_triton_kernel_compiles_for_sm90():
     proc = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error" in line]
     assert proc.returncode == 0, "\n".join(errors[-5:]) or proc.stderr[-2000:]
-    assert proc.stdout.count("compiled") == 15, proc.stdout
+    assert proc.stdout.count("compiled") == 18, proc.stdout

@@ -16,6 +16,8 @@ import torch
 
 from golf.kernels.ssm_scan import Mamba3State, mamba3_siso
 from golf.kernels.ssm_scan.reference import (
+    gated_output,
+    gated_output_bwd,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
     gla_recurrent_reference,
@@ -224,30 +226,45 @@ def test_gla_core_and_explicit_backward():
 # ---------------------------------------------------------------------------------------------------------------
 
 TRITON_CASES = [
-    pytest.param(1, 40, 2, 16, 16, 16, False, False, id="B1-T40-N16-P16-C16-noh0"),
-    pytest.param(2, 130, 2, 32, 16, 32, True, True, id="B2-T130-N32-P16-C32-h0"),
-    pytest.param(1, 70, 2, 16, 32, 64, True, False, id="B1-T70-N16-P32-C64-h0-nodht"),
+    pytest.param(1, 40, 2, 16, 16, 16, False, False, False, id="B1-T40-N16-P16-C16-noh0"),
+    pytest.param(2, 130, 2, 32, 16, 32, True, True, False, id="B2-T130-N32-P16-C32-h0"),
+    pytest.param(1, 70, 2, 16, 32, 64, True, False, False, id="B1-T70-N16-P32-C64-h0-nodht"),
+    pytest.param(2, 70, 2, 16, 16, 32, False, False, True, id="B2-T70-N16-P16-C32-output-stage"),
+    pytest.param(1, 40, 2, 16, 32, 16, True, True, True, id="B1-T40-N16-P32-C16-h0-output-stage"),
 ]
 
 
 @needs_triton
-@pytest.mark.parametrize("batch,seqlen,nheads,d_state,headdim,chunk,with_h0,with_dht", TRITON_CASES)
-def test_triton_gla_matches_reference(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht):
-    _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht)
+@pytest.mark.parametrize("batch,seqlen,nheads,d_state,headdim,chunk,with_h0,with_dht,output_stage", TRITON_CASES)
+def test_triton_gla_matches_reference(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, output_stage):
+    _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, output_stage=output_stage)
 
 
 @needs_triton
-def test_triton_gla_reads_v_as_a_column_slice_without_a_copy():
-    """The mixer's v is a column slice of in_proj's output (row stride > H * P): the kernels read it in place."""
+@pytest.mark.parametrize("with_skip,with_gate", [(True, False), (False, True)], ids=["skip-only", "gate-only"])
+def test_triton_gla_output_stage_terms_alone(with_skip, with_gate):
+    _check_triton_gla(2, 40, 2, 16, 16, 16, True, False, output_stage=(with_skip, with_gate))
+
+
+@needs_triton
+def test_triton_gla_reads_v_and_z_as_column_slices_without_a_copy():
+    """The mixer's v and z are column slices of in_proj's output (row stride > H * P): the kernels read them in
+    place."""
     from golf.kernels.ssm_scan.triton_chunk import _rows_of_heads
 
-    v = _check_triton_gla(2, 130, 2, 32, 16, 32, True, True, v_row_padding=24)
-    assert v.stride(1) == 2 * 16 + 24 and _rows_of_heads(v) is v
+    v, z = _check_triton_gla(2, 130, 2, 32, 16, 32, True, True, output_stage=True, row_padding=24)
+    assert v.stride(1) == z.stride(1) == 2 * (2 * 16) + 24 and _rows_of_heads(v) is v and _rows_of_heads(z) is z
 
 
-def _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, v_row_padding=0):
+def _check_triton_gla(
+    batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, output_stage=False, row_padding=0
+):
+    """Triton forward/backward vs the chunked reference (autograd through the reference and its output stage).
+
+    ``output_stage``: False, True (skip and gate) or a pair (with_skip, with_gate)."""
     from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton, gla_chunk_fwd_triton
 
+    with_skip, with_gate = output_stage if isinstance(output_stage, tuple) else (output_stage, output_stage)
     device = "cuda" if HAS_CUDA else "cpu"
     gen = torch.Generator().manual_seed(7)
 
@@ -255,26 +272,37 @@ def _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, w
         return torch.randn(*shape, generator=gen).to(device)
 
     q, k = rnd(batch, seqlen, nheads, d_state) / d_state**0.5, rnd(batch, seqlen, nheads, d_state) / d_state**0.5
-    rows = rnd(batch, seqlen, v_row_padding + nheads * headdim)  # v: the last H * P columns of wider rows
-    v = rows[..., v_row_padding:].view(batch, seqlen, nheads, headdim)
+    rows = rnd(batch, seqlen, row_padding + 2 * nheads * headdim)  # v, z: column slices of wider rows
+    v = rows[..., row_padding : row_padding + nheads * headdim].view(batch, seqlen, nheads, headdim)
+    z = rows[..., row_padding + nheads * headdim :].view(batch, seqlen, nheads, headdim) if with_gate else None
+    skip = rnd(batch, seqlen, nheads) if with_skip else None
     g = -torch.rand(batch, seqlen, nheads, generator=gen).to(device) * 0.3
     h0 = rnd(batch, nheads, headdim, d_state) if with_h0 else None
-    do = rnd(batch, seqlen, nheads, headdim)
+    dy = rnd(batch, seqlen, nheads, headdim)
     dht = rnd(batch, nheads, headdim, d_state) if with_dht else None
     prec = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # tf32 off for the fp32 comparison
     try:
-        o, ht = gla_chunk_fwd_triton(q, k, v, g, h0, chunk)
-        grads = gla_chunk_bwd_triton(q, k, v, g, h0, do, dht, chunk)
+        y, ht = gla_chunk_fwd_triton(q, k, v, g, h0, chunk, skip, z)
+        grads = gla_chunk_bwd_triton(q, k, v, g, h0, dy, dht, chunk, skip, z)
     finally:
         torch.set_float32_matmul_precision(prec)
-    o_ref, ht_ref = gla_chunked_reference(q, k, v, g, h0, chunk)
-    grads_ref = gla_chunked_reference_bwd(q, k, v, g, h0, do, dht, chunk)
-    assert_close("o", o_ref, o, 1e-5)
+    # the reference with a zero initial state when there is none: the kernels return its gradient either way
+    h0_ref = h0 if with_h0 else q.new_zeros(batch, nheads, headdim, d_state)
+    inputs = {"q": q, "k": k, "v": v, "g": g, "h0": h0_ref, "skip": skip, "z": z}
+    leaves = {name: x.detach().clone().requires_grad_() for name, x in inputs.items() if x is not None}
+    lv = {name: leaves.get(name) for name in inputs}
+    o_ref, ht_ref = gla_chunked_reference(lv["q"], lv["k"], lv["v"], lv["g"], lv["h0"], chunk)
+    y_ref = gated_output(o_ref, lv["v"], lv["skip"], lv["z"])
+    loss = (y_ref * dy).sum() + ((ht_ref * dht).sum() if with_dht else 0.0)
+    grads_ref = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    assert_close("y", y_ref, y, 1e-5)
     assert_close("final", ht_ref, ht, 1e-5)
-    for name, ref, out in zip(("dq", "dk", "dv", "dg", "dh0"), grads_ref, grads):
-        assert_close(name, ref, out, 1e-5)
-    return v
+    for name, out in zip(inputs, grads):
+        assert (out is None) == (inputs[name] is None), f"d{name}"
+        if out is not None:
+            assert_close(f"d{name}", grads_ref[name], out, 1e-5)
+    return v, z
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,19 +310,40 @@ def _check_triton_gla(batch, seqlen, nheads, d_state, headdim, chunk, with_h0, w
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("with_skip,with_gate", [(True, True), (True, False), (False, True), (False, False)])
+def test_gated_output_explicit_backward(with_skip, with_gate):
+    """gated_output_bwd (the output stage's backward, as the kernels compute it) == autograd through gated_output."""
+    gen = torch.Generator().manual_seed(9)
+    o, v, z, dy = (torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64) for _ in range(4))
+    skip = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    leaves = [x.clone().requires_grad_() for x in (o, v, skip, z)]
+    y = gated_output(leaves[0], leaves[1], leaves[2] if with_skip else None, leaves[3] if with_gate else None)
+    do_ref, dv_ref, dskip_ref, dz_ref = torch.autograd.grad(y, leaves, dy, allow_unused=True)
+    do, dv, dskip, dz = gated_output_bwd(dy, o, v, skip if with_skip else None, z if with_gate else None)
+    assert_close("do", do_ref, do, 1e-12)
+    for name, ref, out in (("dv", dv_ref, dv), ("dskip", dskip_ref, dskip), ("dz", dz_ref, dz)):
+        assert (ref is None) == (out is None), name
+        if out is not None:
+            assert_close(name, ref, out, 1e-12)
+
+
 def test_custom_op_opcheck():
     from golf.kernels.ssm_scan.op import _gla_chunk_bwd, _gla_chunk_fwd
 
     gen = torch.Generator().manual_seed(11)
     b, t, h, n, p = 1, 20, 2, 8, 8
-    q, k, v = (torch.randn(b, t, h, d, generator=gen) for d in (n, n, p))
+    q, k, v, z = (torch.randn(b, t, h, d, generator=gen) for d in (n, n, p, p))
     g = -torch.rand(b, t, h, generator=gen)
+    skip = torch.randn(b, t, h, generator=gen)
     h0 = torch.randn(b, h, p, n, generator=gen)
-    leaves = [x.requires_grad_() for x in (q, k, v, g, h0)]
-    torch.library.opcheck(_gla_chunk_fwd, (*leaves, 8))
-    torch.library.opcheck(_gla_chunk_fwd, (*leaves[:4], None, 8))
+    q, k, v, g, h0, skip, z = (x.requires_grad_() for x in (q, k, v, g, h0, skip, z))
+    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, h0, skip, z, 8))
+    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, None, None, 8))
+    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, skip, None, 8))
     do, dht = torch.randn(b, t, h, p, generator=gen), torch.randn(b, h, p, n, generator=gen)
-    torch.library.opcheck(_gla_chunk_bwd, (q.detach(), k.detach(), v.detach(), g.detach(), None, do, dht, 8))
+    plain = (q.detach(), k.detach(), v.detach(), g.detach())
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, do, dht, 8))
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), do, None, 8))
 
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["G1", "GH"])

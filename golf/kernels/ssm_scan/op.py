@@ -1,14 +1,15 @@
 """The GLA core and the Mamba-3 prologue as ``torch.library`` custom ops, and the public Mamba-3 SISO entry point
 :func:`mamba3_siso`.
 
-* ``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``: the chunked GLA core (``triton_chunk.py``).
+* ``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``: the chunked GLA core with its output stage (diagonal
+  correction and D skip as one coefficient of v, SiLU gate) fused in (``triton_chunk.py``).
 * ``golf::mamba3_prologue_fwd`` / ``golf::mamba3_prologue_bwd``: bias, angle cumsum, rotation, trapezoid weights and
   the diagonal term, fused (``triton_prologue.py``); used on the training path (no initial state, no final state).
 
 The ops run the Triton kernels on CUDA tensors and fall back to the PyTorch references on any other device, so the
 ops, their fake (meta) functions and ``torch.compile(fullgraph=True)`` can be exercised on CPU. Each op is opaque to
-Dynamo/Inductor: no graph break, one graph; the epilogue (diagonal correction, D, z gate), and the prologue of the
-stateful calls, are plain PyTorch that Inductor fuses.
+Dynamo/Inductor: no graph break, one graph; the prologue of the stateful calls and the skip coefficient ``D - diag``
+are plain PyTorch that Inductor fuses.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from torch import Tensor
 from golf.kernels.ssm_scan.reference import (
     Mamba3State,
     _compute_dtype,
+    gated_output,
+    gated_output_bwd,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
     mamba3_final_state,
     mamba3_prologue_reference,
     mamba3_prologue_reference_bwd,
     mamba3_siso_chunked,
-    mamba3_siso_epilogue,
     mamba3_siso_prologue,
     mamba3_siso_recurrent,
+    mamba3_v_skip,
 )
 
 __all__ = ["gla_chunk", "mamba3_prologue", "mamba3_siso"]
@@ -42,47 +45,65 @@ BACKENDS = ("auto", "triton", "reference", "recurrent")
 
 @torch.library.custom_op("golf::gla_chunk_fwd", mutates_args=())
 def _gla_chunk_fwd(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
+    gate: Tensor | None, chunk_size: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_fwd_triton
 
         with torch.cuda.device(q.device):
-            return gla_chunk_fwd_triton(q, k, v, log_decay, initial_state, chunk_size)
+            return gla_chunk_fwd_triton(q, k, v, log_decay, initial_state, chunk_size, v_skip, gate)
     with torch.no_grad():
-        o, ht = gla_chunked_reference(q, k, v, log_decay, initial_state, chunk_size)
-    return o.contiguous(), ht.float().contiguous()
+        o, ht = gla_chunked_reference(q, k, v.to(_compute_dtype(q, k, v)), log_decay, initial_state, chunk_size)
+        y = gated_output(o, v, v_skip, gate)
+    return y.contiguous(), ht.float().contiguous()
 
 
 @_gla_chunk_fwd.register_fake
-def _(q, k, v, log_decay, initial_state, chunk_size):
+def _(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size):
     b, t, h, n = q.shape
     return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32)
 
 
 @torch.library.custom_op("golf::gla_chunk_bwd", mutates_args=())
 def _gla_chunk_bwd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Tensor,
-    initial_state: Tensor | None,
-    do: Tensor,
-    dfinal_state: Tensor | None,
-    chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
+    gate: Tensor | None, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients of every input; those of absent inputs (initial state, v_skip, gate) are returned empty."""
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton
 
         with torch.cuda.device(q.device):
-            return gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
-    with torch.no_grad():
-        dq, dk, dv, dg, dh0 = gla_chunked_reference_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dg.float().contiguous(), dh0.float().contiguous()
+            grads = gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, dy, dfinal_state, chunk_size, v_skip, gate)
+    else:
+        grads = _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size)
+    dq, dk, dv, dg, dh0, dskip, dgate = grads
+    return (dq.contiguous(), dk.contiguous(), dv.contiguous(), dg.float().contiguous(), dh0.float().contiguous(),
+            _or_empty(dskip, q, torch.float32), _or_empty(dgate, q, v.dtype))  # fmt: skip
+
+
+@torch.no_grad()
+def _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size):
+    """The backward on the PyTorch references (CPU): the output stage's, then the GLA core's."""
+    cd = _compute_dtype(q, k, v)
+    o = None
+    if gate is not None:  # the gate's gradient needs the ungated output: recomputed, as the Triton backward does
+        o, _ = gla_chunked_reference(q, k, v.to(cd), log_decay, initial_state, chunk_size)
+    do, dv_skip_term, dskip, dgate = gated_output_bwd(dy.to(cd), o, v, v_skip, gate)
+    dq, dk, dv, dg, dh0 = gla_chunked_reference_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
+    if dv_skip_term is not None:
+        dv = (dv.to(cd) + dv_skip_term).to(v.dtype)
+    return dq, dk, dv, dg, dh0, dskip, None if dgate is None else dgate.to(gate.dtype)
+
+
+def _or_empty(grad: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """A custom op returns tensors only: the gradient of an absent input is an empty tensor."""
+    return grad.contiguous() if grad is not None else like.new_empty(0, dtype=dtype)
 
 
 @_gla_chunk_bwd.register_fake
-def _(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size):
+def _(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size):
     b, t, h, n = q.shape
     p = v.shape[-1]
     return (
@@ -91,41 +112,60 @@ def _(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size):
         torch.empty_like(v),
         log_decay.new_empty(log_decay.shape, dtype=torch.float32),
         q.new_empty((b, h, p, n), dtype=torch.float32),
+        q.new_empty(v_skip.shape if v_skip is not None else 0, dtype=torch.float32),
+        q.new_empty(gate.shape if gate is not None else 0, dtype=v.dtype),
     )
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, log_decay, initial_state, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, log_decay, initial_state)
+    q, k, v, log_decay, initial_state, v_skip, gate, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, v_skip, gate)
     ctx.chunk_size = chunk_size
-    ctx.has_initial_state = initial_state is not None
     ctx.log_decay_dtype = log_decay.dtype
 
 
-def _backward(ctx, do: Tensor, dfinal_state: Tensor | None):
-    q, k, v, log_decay, initial_state = ctx.saved_tensors
-    dq, dk, dv, dg, dh0 = _gla_chunk_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, ctx.chunk_size)
-    return dq, dk, dv, dg.to(ctx.log_decay_dtype), (dh0 if ctx.has_initial_state else None), None
+def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None):
+    q, k, v, log_decay, initial_state, v_skip, gate = ctx.saved_tensors
+    dq, dk, dv, dg, dh0, dskip, dgate = _gla_chunk_bwd(
+        q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, ctx.chunk_size
+    )
+    return (
+        dq, dk, dv, dg.to(ctx.log_decay_dtype),
+        dh0 if initial_state is not None else None,
+        dskip.to(v_skip.dtype) if v_skip is not None else None,
+        dgate.to(gate.dtype) if gate is not None else None,
+        None,
+    )  # fmt: skip
 
 
 _gla_chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def gla_chunk(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+    v_skip: Tensor | None = None,
+    gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Chunked gated linear attention with a scalar log-decay (the ``golf::gla_chunk_fwd`` op, differentiable).
+    """Chunked gated linear attention with a scalar log-decay and a fused output stage (the ``golf::gla_chunk_fwd``
+    op, differentiable).
 
-    ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, ``G = cumsum(log_decay)`` over T.
+    ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, ``G = cumsum(log_decay)`` over T, and
+    ``y_t = (o_t + v_skip_t v_t) * silu(gate_t)`` (``y = o`` without v_skip and gate).
 
     Args:
         q, k: ``[B, T, H, N]``; v: ``[B, T, H, P]`` (q, k, v in one dtype: bf16/fp16/fp32 on CUDA).
         log_decay: ``[B, T, H]`` fp32, <= 0. initial_state: ``[B, H, P, N]`` fp32 or None.
         chunk_size: 16/32/64/128 on CUDA (any on CPU).
+        v_skip: ``[B, T, H]`` fp32 or None. gate: ``[B, T, H, P]`` or None (any row stride, like v).
     Returns:
-        o ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
+        y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
     """
-    return _gla_chunk_fwd(q, k, v, log_decay, initial_state, chunk_size)
+    return _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
 
 
 def _prologue_on_triton(*tensors: Tensor) -> bool:
@@ -311,14 +351,16 @@ def mamba3_siso(
         # the kernels take q, k, v in one dtype (v's): bf16 operands for bf16 models, fp32 stays fp32
         cd = _compute_dtype(q, k, v, adt)
         kd = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else cd
+        # the output stage (diagonal correction, D skip, z gate) runs inside the GLA kernels: y = (o + skip v) silu(z)
         if initial_state is None and not return_final_state:  # training: fused prologue op
             q_rot, k_w, diag = mamba3_prologue(q, k, dt, trap, q_bias, k_bias, angles, kd)
-            o, _ = gla_chunk(q_rot, k_w, v.to(kd), adt.float(), None, chunk_size)
-            return mamba3_siso_epilogue(o, v, diag.to(cd), D, z)
+            y, _ = gla_chunk(q_rot, k_w, v.to(kd), adt.float(), None, chunk_size, mamba3_v_skip(diag.to(cd), D), z)
+            return y.to(v.dtype)
         # stateful calls (initial state in, or final state out): the PyTorch prologue, which also yields theta, k~_T
         pro = mamba3_siso_prologue(q, k, v, adt, dt, trap, q_bias, k_bias, angles, initial_state)
-        o, ssm = gla_chunk(pro.q.to(kd), pro.k.to(kd), v.to(kd), pro.log_decay.float(),
-                           None if pro.initial_state is None else pro.initial_state.float(), chunk_size)  # fmt: skip
-        y = mamba3_siso_epilogue(o, v, pro.diag, D, z)
+        y, ssm = gla_chunk(pro.q.to(kd), pro.k.to(kd), v.to(kd), pro.log_decay.float(),
+                           None if pro.initial_state is None else pro.initial_state.float(), chunk_size,
+                           mamba3_v_skip(pro.diag, D), z)  # fmt: skip
+        y = y.to(v.dtype)
         state = mamba3_final_state(pro, ssm.to(pro.q.dtype), v) if return_final_state else None
     return (y, state) if return_final_state else y

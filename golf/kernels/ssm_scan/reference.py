@@ -59,6 +59,8 @@ from torch import Tensor
 
 __all__ = [
     "Mamba3State",
+    "gated_output",
+    "gated_output_bwd",
     "gla_chunked_reference",
     "gla_chunked_reference_bwd",
     "gla_recurrent_reference",
@@ -373,17 +375,51 @@ def mamba3_prologue_reference_bwd(
     return dq, dk, ddt, dtrap, dqb.sum((0, 1)), dkb.sum((0, 1)), dt_[..., None] * rc
 
 
-def mamba3_siso_epilogue(o: Tensor, v: Tensor, diag: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
-    """``y = (o - diag v + D v) * silu(z)``, computed in diag's dtype (fp32/fp64), returned in v's dtype."""
-    cd = diag.dtype
-    vv = v.to(cd)
-    y = o.to(cd) - diag[..., None] * vv
-    if D is not None:
-        y = y + D.to(cd)[:, None] * vv
-    if z is not None:
-        zz = z.to(cd)
+def gated_output(o: Tensor, v: Tensor, v_skip: Tensor | None, gate: Tensor | None) -> Tensor:
+    """``y = (o + v_skip v) * gate sigmoid(gate)`` (either term optional), computed in o's dtype, returned in v's.
+
+    The output stage that the Triton GLA kernels fuse: ``v_skip`` ``[B, T, H]`` is one coefficient of v per step
+    and head (Mamba-3: ``D - diag``), ``gate`` ``[B, T, H, P]`` the SiLU gate z.
+    """
+    y = o
+    if v_skip is not None:
+        y = y + v_skip.to(o.dtype)[..., None] * v.to(o.dtype)
+    if gate is not None:
+        zz = gate.to(o.dtype)
         y = y * zz * torch.sigmoid(zz)
     return y.to(v.dtype)
+
+
+def gated_output_bwd(
+    dy: Tensor, o: Tensor | None, v: Tensor, v_skip: Tensor | None, gate: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Explicit backward of :func:`gated_output` (what the Triton backward computes in its chunk pass).
+
+    ``o`` (the ungated GLA output) is only read when there is a gate. Returns ``(do, dv, dv_skip, dgate)`` in o's
+    dtype (``dy``'s when ``o`` is None); dv is the skip term's part of v's gradient (None without ``v_skip``).
+    """
+    cd = o.dtype if o is not None else dy.dtype
+    du = dy.to(cd)
+    dgate = None
+    if gate is not None:
+        zz = gate.to(cd)
+        sig = torch.sigmoid(zz)
+        u = o if v_skip is None else o + v_skip.to(cd)[..., None] * v.to(cd)
+        dgate = du * u * sig * (1 + zz * (1 - sig))
+        du = du * zz * sig
+    if v_skip is None:
+        return du, None, None, dgate
+    return du, du * v_skip.to(cd)[..., None], (du * v.to(cd)).sum(-1), dgate
+
+
+def mamba3_siso_epilogue(o: Tensor, v: Tensor, diag: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """``y = (o - diag v + D v) * silu(z)``, computed in diag's dtype (fp32/fp64), returned in v's dtype."""
+    return gated_output(o.to(diag.dtype), v, mamba3_v_skip(diag, D), z)
+
+
+def mamba3_v_skip(diag: Tensor, D: Tensor | None) -> Tensor:
+    """The coefficient of v in Mamba-3's output, ``D - diag`` ``[B, T, H]`` (diagonal correction and D skip)."""
+    return -diag if D is None else D.to(diag.dtype) - diag
 
 
 def mamba3_final_state(pro: Mamba3Prologue, ssm: Tensor, v: Tensor) -> Mamba3State:

@@ -1,18 +1,25 @@
-"""Triton forward and backward of the chunked GLA core (scalar log-decay per step and head).
+"""Triton forward and backward of the chunked GLA core (scalar log-decay per step and head), with its output stage.
 
-Computes ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t`` and the final state (see
-``reference.py`` for the math and :func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` for the
-PyTorch twin). Four kernels, fla-style (one sequential pass over chunks per (b, h) for the states, the rest
-parallel over chunks):
+Computes ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, the output
+``y_t = (o_t + skip_t v_t) * silu(z_t)`` (skip and z optional; Mamba-3's diagonal correction and D skip are the one
+coefficient ``skip = D - diag``) and the final state (see ``reference.py`` for the math and
+:func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` / ``gated_output`` for the PyTorch twins). Four
+kernels, fla-style (one sequential pass over chunks per (b, h) for the states, the rest parallel over chunks):
 
 forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
-  2. ``_fwd_output``: intra-chunk attention + output from the chunk's state; grid (NT, B*H).
+  2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
+     the one rounding (o itself is never written); grid (NT, B*H).
 backward (the chunk states are recomputed by kernel 1, not saved)
-  3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
-  4. ``_bwd_dqkvg``: dq, dk, dv and the log-decay gradient of one chunk; grid (NT, B*H).
+  3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state, from
+     ``dy * silu(z)``; grid (P/BV, B*H).
+  4. ``_bwd_dqkvg``: dq, dk, dv, the log-decay gradient and the output stage's (dz from the chunk's recomputed o,
+     dskip) of one chunk; grid (NT, B*H).
 
-Layouts: q, k ``[B, T, H, N]``, o ``[B, T, H, P]`` (contiguous), v ``[B, T, H, P]`` at any row stride, log-decay
+Fusing the output stage saves the Inductor kernels that read o, v, z back (forward) and dy, o, v, z (backward), and
+the round trip of o and of its gradient through memory.
+
+Layouts: q, k ``[B, T, H, N]``, y ``[B, T, H, P]`` (contiguous), v and z ``[B, T, H, P]`` at any row stride, log-decay
 ``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
 ``tl.dot`` takes bf16 operands for bf16 inputs and fp32 operands (tf32 unless
 ``torch.get_float32_matmul_precision() == "highest"``) for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
@@ -74,9 +81,10 @@ def _fwd_states(
 
 @triton.jit
 def _fwd_output(
-    q, k, v, g, hs, o,
-    T, NT, s_vt,
+    q, k, v, g, hs, skip, z, y,
+    T, NT, s_vt, s_zt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -87,11 +95,12 @@ def _fwd_output(
     rows = i_t * BT + offs_t
     m_t = rows < T
     qk_offs = i_b * T * H * N + i_h * N + rows[:, None] * (H * N) + offs_n[None, :]
-    o_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    y_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    g_offs = i_b * T * H + i_h + rows * H
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
     b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
-    b_g = tl.load(g + i_b * T * H + i_h + rows * H, mask=m_t, other=0.0)
+    b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_h = tl.load(hs + (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :])  # (P, N)
     # inter-chunk: exp(gc_t) h q_t
@@ -101,15 +110,22 @@ def _fwd_output(
     b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
     b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
     b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-    tl.store(o + o_offs, b_o.to(o.dtype.element_ty), mask=m_t[:, None])
+    # output stage, in fp32 before the one rounding: y = (o + skip v) * silu(z)
+    if HAS_SKIP:
+        b_o += tl.load(skip + g_offs, mask=m_t, other=0.0)[:, None] * b_v.to(tl.float32)
+    if HAS_Z:
+        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        b_o = b_o * b_z * tl.sigmoid(b_z)
+    tl.store(y + y_offs, b_o.to(y.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
 def _bwd_states(
-    q, do, g, dht, dhs, dh0,
-    T, NT,
+    q, do, z, g, dht, dhs, dh0,
+    T, NT, s_zt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr, HAS_Z: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -119,6 +135,7 @@ def _bwd_states(
     offs_v = i_v * BV + tl.arange(0, BV)
     q += i_b * T * H * N + i_h * N
     do += i_b * T * H * P + i_h * P
+    z += i_b * T * s_zt + i_h * P
     g += i_b * T * H + i_h
     state_offs = offs_v[:, None] * N + offs_n[None, :]
     if HAS_DHT:
@@ -135,7 +152,10 @@ def _bwd_states(
         b_gc = tl.cumsum(b_g, axis=0)
         b_gl = tl.sum(b_g, axis=0)
         b_q = tl.load(q + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
-        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
+        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0).to(tl.float32)
+        if HAS_Z:  # the gradient of the ungated output: dy * silu(z)
+            b_z = tl.load(z + rows[:, None] * s_zt + offs_v[None, :], mask=m_t[:, None], other=0.0).to(tl.float32)
+            b_do = b_do * b_z * tl.sigmoid(b_z)
         b_dow = (b_do * tl.exp(b_gc)[:, None]).to(b_q.dtype)
         b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_dow), b_q, input_precision=DOT_PREC)
     tl.store(dh0 + i_bh64 * P * N + state_offs, b_dh)
@@ -143,9 +163,10 @@ def _bwd_states(
 
 @triton.jit
 def _bwd_dqkvg(
-    q, k, v, g, hs, dhs, do, dq, dk, dv, dg,
-    T, NT, s_vt,
+    q, k, v, g, hs, dhs, skip, z, dy, dq, dk, dv, dg, dskip, dz,
+    T, NT, s_vt, s_zt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -162,7 +183,6 @@ def _bwd_dqkvg(
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
     b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
-    b_do = tl.load(do + vo_offs, mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_gl = tl.sum(b_g, axis=0)
@@ -172,6 +192,27 @@ def _bwd_dqkvg(
     causal = offs_t[:, None] >= offs_t[None, :]
     b_decay = tl.where(causal, tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
     b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_decay  # A[t, s]
+
+    # output stage y = (o + skip v) * silu(z): du = dy silu(z) is the ungated output's gradient; the gate's needs
+    # u = o + skip v, so the chunk's o is recomputed (as the forward: A v + exp(gc) h q)
+    b_du = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    if HAS_SKIP:
+        b_skip = tl.load(skip + g_offs, mask=m_t, other=0.0)
+    if HAS_Z:
+        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        b_sig = tl.sigmoid(b_z)
+        b_u = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+        b_u += tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
+        if HAS_SKIP:
+            b_u += b_skip[:, None] * b_v.to(tl.float32)
+        tl.store(dz + vo_offs, (b_du * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
+                 mask=m_t[:, None])  # fmt: skip
+        b_du = b_du * b_z * b_sig
+    if HAS_SKIP:
+        tl.store(dskip + g_offs, tl.sum(b_du * b_v.to(tl.float32), axis=1), mask=m_t)
+    b_do = b_du.to(b_v.dtype)
+
     b_da = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC) * b_decay  # dA[t, s]
     b_kdec = tl.exp(b_gl - b_gc)  # decay from step s to the end of the chunk
 
@@ -181,6 +222,8 @@ def _bwd_dqkvg(
     b_dk = tl.dot(tl.trans(b_da).to(b_q.dtype), b_q, input_precision=DOT_PREC) + b_dk_state
     b_dv = tl.dot(tl.trans(b_a).to(b_do.dtype), b_do, input_precision=DOT_PREC)
     b_dv += tl.dot(b_k, tl.trans(b_dh).to(b_k.dtype), input_precision=DOT_PREC) * b_kdec[:, None]
+    if HAS_SKIP:
+        b_dv += b_du * b_skip[:, None]
 
     # log-decay: d gc_r = q_r . dq_r - k_r . dk_r (+ <dh_end, h_end> on the last step), reverse cumsum in the chunk;
     # <dh_end, h_end> = exp(gl) <dh_end, h> + sum_s k_s . dk_state_s
@@ -290,27 +333,47 @@ def _launch_fwd_states(k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, bt: i
     return hs, ht
 
 
+def _output_stage(v_skip: Tensor | None, gate: Tensor | None, v: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The optional output-stage operands as the kernels read them: v_skip ``[B, T, H]`` fp32 contiguous, the gate
+    ``[B, T, H, P]`` at its row stride (the mixer's z is a column slice of the input projection, like v)."""
+    if gate is not None and gate.shape != v.shape:
+        raise ValueError(f"gate must have v's shape {tuple(v.shape)}, got {tuple(gate.shape)}")
+    if v_skip is not None and v_skip.shape != v.shape[:3]:
+        raise ValueError(f"v_skip must be (B, T, H) = {tuple(v.shape[:3])}, got {tuple(v_skip.shape)}")
+    return (None if v_skip is None else v_skip.float().contiguous()), (None if gate is None else _rows_of_heads(gate))
+
+
 def gla_chunk_fwd_triton(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+    v_skip: Tensor | None = None,
+    gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Forward of the GLA core. Returns (o ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32)."""
+    """Forward of the GLA core with its output stage ``y = (o + v_skip v) * silu(gate)`` (both optional).
+    Returns (y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
+    v_skip, gate = _output_stage(v_skip, gate, v)
     g = g.float().contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     b, t, h, n = q.shape
     p = v.shape[-1]
     hs, ht = _launch_fwd_states(k, v, g, h0, chunk_size)
     nt = hs.shape[2]
-    o = v.new_empty(v.shape)
+    y = v.new_empty(v.shape)
     cfg = _config("fwd_output", p)
     _fwd_output[(nt, b * h)](
-        q, k, v, g, hs, o, t, nt, v.stride(1),
-        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q, k, v, g, hs, g if v_skip is None else v_skip, v if gate is None else gate, y,
+        t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype), HAS_SKIP=v_skip is not None,
+        HAS_Z=gate is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return o, ht
+    return y, ht
 
 
 def gla_chunk_bwd_triton(
@@ -319,37 +382,45 @@ def gla_chunk_bwd_triton(
     v: Tensor,
     g: Tensor,
     initial_state: Tensor | None,
-    do: Tensor,
+    dy: Tensor,
     dfinal_state: Tensor | None,
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward of the GLA core. Returns (dq, dk, dv in the input dtype, dlog_decay fp32, dinitial_state fp32)."""
+    v_skip: Tensor | None = None,
+    gate: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Backward of :func:`gla_chunk_fwd_triton`. Returns (dq, dk, dv in the input dtype, dlog_decay fp32,
+    dinitial_state fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
-    do = do.to(v.dtype).contiguous()
+    v_skip, gate = _output_stage(v_skip, gate, v)
+    dy = dy.to(v.dtype).contiguous()
     g = g.float().contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dht = dfinal_state.float().contiguous() if dfinal_state is not None else None
     b, t, h, n = q.shape
     p = v.shape[-1]
     prec = _dot_precision(q.dtype)
+    s_zt = v.stride(1) if gate is None else gate.stride(1)
     hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)
     nt = hs.shape[2]
     cfg = _config("bwd_states", p)
     dhs = torch.empty_like(hs)
     dh0 = q.new_empty(b, h, p, n, dtype=torch.float32)
     _bwd_states[(p // cfg["bv"], b * h)](
-        q, do, g, dht if dht is not None else dh0, dhs, dh0, t, nt,
-        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, DOT_PREC=prec,
+        q, dy, v if gate is None else gate, g, dht if dht is not None else dh0, dhs, dh0, t, nt, s_zt,
+        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, HAS_Z=gate is not None, DOT_PREC=prec,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), v.new_empty(v.shape)
     dg = torch.empty_like(g)
+    dskip = None if v_skip is None else torch.empty_like(v_skip)
+    dz = None if gate is None else gate.new_empty(gate.shape)
     cfg = _config("bwd_dqkvg", p)
     _bwd_dqkvg[(nt, b * h)](
-        q, k, v, g, hs, dhs, do, dq, dk, dv, dg, t, nt, v.stride(1),
-        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec,
+        q, k, v, g, hs, dhs, g if v_skip is None else v_skip, v if gate is None else gate, dy, dq, dk, dv, dg,
+        dg if dskip is None else dskip, dv if dz is None else dz, t, nt, v.stride(1), s_zt,
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return dq, dk, dv, dg, dh0
+    return dq, dk, dv, dg, dh0, dskip, dz
