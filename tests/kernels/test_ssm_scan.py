@@ -23,6 +23,7 @@ from golf.kernels.ssm_scan.reference import (
     gla_recurrent_reference,
     mamba3_siso_chunked,
     mamba3_siso_recurrent,
+    skip_output,
 )
 
 HAS_CUDA = torch.cuda.is_available()
@@ -283,8 +284,8 @@ def _check_triton_gla(
     prec = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # tf32 off for the fp32 comparison
     try:
-        y, ht = gla_chunk_fwd_triton(q, k, v, g, h0, chunk, skip, z)
-        grads = gla_chunk_bwd_triton(q, k, v, g, h0, dy, dht, chunk, skip, z)
+        y, ht, u = gla_chunk_fwd_triton(q, k, v, g, h0, chunk, skip, z)
+        grads = gla_chunk_bwd_triton(q, k, v, g, h0, dy, dht, chunk, skip, z, u)
     finally:
         torch.set_float32_matmul_precision(prec)
     # the reference with a zero initial state when there is none: the kernels return its gradient either way
@@ -298,6 +299,8 @@ def _check_triton_gla(
     grads_ref = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
     assert_close("y", y_ref, y, 1e-5)
     assert_close("final", ht_ref, ht, 1e-5)
+    if with_gate:
+        assert_close("u", skip_output(o_ref, lv["v"], lv["skip"]), u, 1e-5)
     for name, out in zip(inputs, grads):
         assert (out is None) == (inputs[name] is None), f"d{name}"
         if out is not None:
@@ -319,7 +322,8 @@ def test_gated_output_explicit_backward(with_skip, with_gate):
     leaves = [x.clone().requires_grad_() for x in (o, v, skip, z)]
     y = gated_output(leaves[0], leaves[1], leaves[2] if with_skip else None, leaves[3] if with_gate else None)
     do_ref, dv_ref, dskip_ref, dz_ref = torch.autograd.grad(y, leaves, dy, allow_unused=True)
-    do, dv, dskip, dz = gated_output_bwd(dy, o, v, skip if with_skip else None, z if with_gate else None)
+    u = skip_output(o, v, skip if with_skip else None)
+    do, dv, dskip, dz = gated_output_bwd(dy, u, v, skip if with_skip else None, z if with_gate else None)
     assert_close("do", do_ref, do, 1e-12)
     for name, ref, out in (("dv", dv_ref, dv), ("dskip", dskip_ref, dskip), ("dz", dz_ref, dz)):
         assert (ref is None) == (out is None), name
@@ -342,8 +346,9 @@ def test_custom_op_opcheck():
     torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, skip, None, 8))
     do, dht = torch.randn(b, t, h, p, generator=gen), torch.randn(b, h, p, n, generator=gen)
     plain = (q.detach(), k.detach(), v.detach(), g.detach())
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, do, dht, 8))
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), do, None, 8))
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, v.new_empty(0), do, dht, 8))
+    u = torch.randn(b, t, h, p, generator=gen)
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), u, do, None, 8))
 
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["G1", "GH"])

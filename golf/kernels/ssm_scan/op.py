@@ -1,7 +1,7 @@
 """The GLA core and the Mamba-3 prologue as ``torch.library`` custom ops, and the public Mamba-3 SISO entry point
 :func:`mamba3_siso`.
 
-* ``golf::gla_chunk_fwd`` / ``golf::gla_chunk_bwd``: the chunked GLA core with its output stage (diagonal
+* ``golf::gla_gated_fwd`` / ``golf::gla_gated_bwd``: the chunked GLA core with its output stage (diagonal
   correction and D skip as one coefficient of v, SiLU gate) fused in (``triton_chunk.py``).
 * ``golf::mamba3_prologue_fwd`` / ``golf::mamba3_prologue_bwd``: bias, angle cumsum, rotation, trapezoid weights and
   the diagonal term, fused (``triton_prologue.py``); used on the training path (no initial state, no final state).
@@ -31,6 +31,7 @@ from golf.kernels.ssm_scan.reference import (
     mamba3_siso_prologue,
     mamba3_siso_recurrent,
     mamba3_v_skip,
+    skip_output,
 )
 
 __all__ = ["gla_chunk", "mamba3_prologue", "mamba3_siso"]
@@ -43,11 +44,14 @@ BACKENDS = ("auto", "triton", "reference", "recurrent")
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("golf::gla_chunk_fwd", mutates_args=())
+# The ops were renamed (from golf::gla_chunk_*) when the output stage joined them: Inductor's on-disk caches key a
+# compiled graph by the op's name, not its schema, and served the old backward after the schema changed.
+@torch.library.custom_op("golf::gla_gated_fwd", mutates_args=())
 def _gla_chunk_fwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
     gate: Tensor | None, chunk_size: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(y, final state, u): u = o + v_skip v, the ungated output the gate's gradient needs (empty without a gate)."""
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_fwd_triton
 
@@ -56,41 +60,42 @@ def _gla_chunk_fwd(
     with torch.no_grad():
         o, ht = gla_chunked_reference(q, k, v.to(_compute_dtype(q, k, v)), log_decay, initial_state, chunk_size)
         y = gated_output(o, v, v_skip, gate)
-    return y.contiguous(), ht.float().contiguous()
+        u = skip_output(o, v, v_skip).to(v.dtype) if gate is not None else v.new_empty(0)
+    return y.contiguous(), ht.float().contiguous(), u.contiguous()
 
 
 @_gla_chunk_fwd.register_fake
 def _(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size):
     b, t, h, n = q.shape
-    return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32)
+    u = v.new_empty(v.shape if gate is not None else 0)
+    return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32), u
 
 
-@torch.library.custom_op("golf::gla_chunk_bwd", mutates_args=())
+@torch.library.custom_op("golf::gla_gated_bwd", mutates_args=())
 def _gla_chunk_bwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
-    gate: Tensor | None, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
+    gate: Tensor | None, u: Tensor, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients of every input; those of absent inputs (initial state, v_skip, gate) are returned empty."""
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton
 
         with torch.cuda.device(q.device):
-            grads = gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, dy, dfinal_state, chunk_size, v_skip, gate)
+            grads = gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, dy, dfinal_state, chunk_size, v_skip, gate,
+                                         u)  # fmt: skip
     else:
-        grads = _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size)
+        grads = _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state,
+                                         chunk_size)  # fmt: skip
     dq, dk, dv, dg, dh0, dskip, dgate = grads
     return (dq.contiguous(), dk.contiguous(), dv.contiguous(), dg.float().contiguous(), dh0.float().contiguous(),
             _or_empty(dskip, q, torch.float32), _or_empty(dgate, q, v.dtype))  # fmt: skip
 
 
 @torch.no_grad()
-def _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size):
+def _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chunk_size):
     """The backward on the PyTorch references (CPU): the output stage's, then the GLA core's."""
     cd = _compute_dtype(q, k, v)
-    o = None
-    if gate is not None:  # the gate's gradient needs the ungated output: recomputed, as the Triton backward does
-        o, _ = gla_chunked_reference(q, k, v.to(cd), log_decay, initial_state, chunk_size)
-    do, dv_skip_term, dskip, dgate = gated_output_bwd(dy.to(cd), o, v, v_skip, gate)
+    do, dv_skip_term, dskip, dgate = gated_output_bwd(dy.to(cd), u, v, v_skip, gate)
     dq, dk, dv, dg, dh0 = gla_chunked_reference_bwd(q, k, v, log_decay, initial_state, do, dfinal_state, chunk_size)
     if dv_skip_term is not None:
         dv = (dv.to(cd) + dv_skip_term).to(v.dtype)
@@ -103,7 +108,7 @@ def _or_empty(grad: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 @_gla_chunk_bwd.register_fake
-def _(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_size):
+def _(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chunk_size):
     b, t, h, n = q.shape
     p = v.shape[-1]
     return (
@@ -119,15 +124,17 @@ def _(q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, chunk_s
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, log_decay, initial_state, v_skip, gate, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, log_decay, initial_state, v_skip, gate)
+    u = output[2]
+    ctx.mark_non_differentiable(u)
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, v_skip, gate, u)
     ctx.chunk_size = chunk_size
     ctx.log_decay_dtype = log_decay.dtype
 
 
-def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None):
-    q, k, v, log_decay, initial_state, v_skip, gate = ctx.saved_tensors
+def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None, _du: Tensor | None):
+    q, k, v, log_decay, initial_state, v_skip, gate, u = ctx.saved_tensors
     dq, dk, dv, dg, dh0, dskip, dgate = _gla_chunk_bwd(
-        q, k, v, log_decay, initial_state, v_skip, gate, dy, dfinal_state, ctx.chunk_size
+        q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, ctx.chunk_size
     )
     return (
         dq, dk, dv, dg.to(ctx.log_decay_dtype),
@@ -151,7 +158,7 @@ def gla_chunk(
     v_skip: Tensor | None = None,
     gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Chunked gated linear attention with a scalar log-decay and a fused output stage (the ``golf::gla_chunk_fwd``
+    """Chunked gated linear attention with a scalar log-decay and a fused output stage (the ``golf::gla_gated_fwd``
     op, differentiable).
 
     ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, ``G = cumsum(log_decay)`` over T, and
@@ -165,7 +172,8 @@ def gla_chunk(
     Returns:
         y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
     """
-    return _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
+    y, final_state, _ = _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
+    return y, final_state
 
 
 def _prologue_on_triton(*tensors: Tensor) -> bool:
@@ -319,7 +327,7 @@ def mamba3_siso(
         initial_state: a :class:`Mamba3State` from an earlier call, or None (zeros).
         chunk_size: chunk length of the chunked algorithms (16/32/64/128 for Triton).
         return_final_state: also return the :class:`Mamba3State` after the last step.
-        backend: ``"triton"``: the ``golf::gla_chunk_*`` custom ops, with the fused ``golf::mamba3_prologue_*``
+        backend: ``"triton"``: the ``golf::gla_gated_*`` custom ops, with the fused ``golf::mamba3_prologue_*``
             ops when there is no initial state and no final state is asked for (training; the stateful calls keep the
             PyTorch prologue, which also gives the final angle and k~_T). Triton kernels on CUDA; on other devices
             the ops fall back to the PyTorch references, so this path compiles and runs on CPU too. ``"reference"``: the

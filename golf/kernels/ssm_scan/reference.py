@@ -68,6 +68,7 @@ __all__ = [
     "mamba3_prologue_reference_bwd",
     "mamba3_siso_chunked",
     "mamba3_siso_recurrent",
+    "skip_output",
 ]
 
 TWO_PI = 2.0 * math.pi
@@ -375,15 +376,18 @@ def mamba3_prologue_reference_bwd(
     return dq, dk, ddt, dtrap, dqb.sum((0, 1)), dkb.sum((0, 1)), dt_[..., None] * rc
 
 
+def skip_output(o: Tensor, v: Tensor, v_skip: Tensor | None) -> Tensor:
+    """``u = o + v_skip v`` in o's dtype (``o`` without ``v_skip``): the ungated output."""
+    return o if v_skip is None else o + v_skip.to(o.dtype)[..., None] * v.to(o.dtype)
+
+
 def gated_output(o: Tensor, v: Tensor, v_skip: Tensor | None, gate: Tensor | None) -> Tensor:
     """``y = (o + v_skip v) * gate sigmoid(gate)`` (either term optional), computed in o's dtype, returned in v's.
 
     The output stage that the Triton GLA kernels fuse: ``v_skip`` ``[B, T, H]`` is one coefficient of v per step
     and head (Mamba-3: ``D - diag``), ``gate`` ``[B, T, H, P]`` the SiLU gate z.
     """
-    y = o
-    if v_skip is not None:
-        y = y + v_skip.to(o.dtype)[..., None] * v.to(o.dtype)
+    y = skip_output(o, v, v_skip)
     if gate is not None:
         zz = gate.to(o.dtype)
         y = y * zz * torch.sigmoid(zz)
@@ -391,25 +395,23 @@ def gated_output(o: Tensor, v: Tensor, v_skip: Tensor | None, gate: Tensor | Non
 
 
 def gated_output_bwd(
-    dy: Tensor, o: Tensor | None, v: Tensor, v_skip: Tensor | None, gate: Tensor | None
+    dy: Tensor, u: Tensor | None, v: Tensor, v_skip: Tensor | None, gate: Tensor | None
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Explicit backward of :func:`gated_output` (what the Triton backward computes in its chunk pass).
 
-    ``o`` (the ungated GLA output) is only read when there is a gate. Returns ``(do, dv, dv_skip, dgate)`` in o's
-    dtype (``dy``'s when ``o`` is None); dv is the skip term's part of v's gradient (None without ``v_skip``).
+    ``u`` (:func:`skip_output`, the ungated output) is only read when there is a gate. Returns
+    ``(do, dv, dv_skip, dgate)`` in dy's dtype; dv is the skip term's part of v's gradient (None without ``v_skip``).
     """
-    cd = o.dtype if o is not None else dy.dtype
-    du = dy.to(cd)
+    du = dy
     dgate = None
     if gate is not None:
-        zz = gate.to(cd)
+        zz = gate.to(dy.dtype)
         sig = torch.sigmoid(zz)
-        u = o if v_skip is None else o + v_skip.to(cd)[..., None] * v.to(cd)
-        dgate = du * u * sig * (1 + zz * (1 - sig))
+        dgate = du * u.to(dy.dtype) * sig * (1 + zz * (1 - sig))
         du = du * zz * sig
     if v_skip is None:
         return du, None, None, dgate
-    return du, du * v_skip.to(cd)[..., None], (du * v.to(cd)).sum(-1), dgate
+    return du, du * v_skip.to(dy.dtype)[..., None], (du * v.to(dy.dtype)).sum(-1), dgate
 
 
 def mamba3_siso_epilogue(o: Tensor, v: Tensor, diag: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:

@@ -9,15 +9,17 @@ kernels, fla-style (one sequential pass over chunks per (b, h) for the states, t
 forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
-     the one rounding (o itself is never written); grid (NT, B*H).
+     the one rounding; grid (NT, B*H).
 backward (the chunk states are recomputed by kernel 1, not saved)
   3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state, from
      ``dy * silu(z)``; grid (P/BV, B*H).
-  4. ``_bwd_dqkvg``: dq, dk, dv, the log-decay gradient and the output stage's (dz from the chunk's recomputed o,
-     dskip) of one chunk; grid (NT, B*H).
+  4. ``_bwd_dqkvg``: dq, dk, dv, the log-decay gradient and the output stage's (dz, dskip) of one chunk; grid
+     (NT, B*H).
 
-Fusing the output stage saves the Inductor kernels that read o, v, z back (forward) and dy, o, v, z (backward), and
-the round trip of o and of its gradient through memory.
+With a gate the forward also writes ``u = o + skip v`` (input dtype), which the gate's gradient needs: reading it
+back costs less than recomputing o in ``_bwd_dqkvg`` (two more dots there spilled registers). Fusing the output stage
+saves the Inductor kernels that read o, v, z back (forward) and dy, o, v, z (backward), and the round trip of o's
+gradient through memory.
 
 Layouts: q, k ``[B, T, H, N]``, y ``[B, T, H, P]`` (contiguous), v and z ``[B, T, H, P]`` at any row stride, log-decay
 ``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
@@ -81,7 +83,7 @@ def _fwd_states(
 
 @triton.jit
 def _fwd_output(
-    q, k, v, g, hs, skip, z, y,
+    q, k, v, g, hs, skip, z, y, u,
     T, NT, s_vt, s_zt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
@@ -116,6 +118,7 @@ def _fwd_output(
     if HAS_Z:
         b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
                       other=0.0).to(tl.float32)  # fmt: skip
+        tl.store(u + y_offs, b_o.to(u.dtype.element_ty), mask=m_t[:, None])  # the gate's backward reads it
         b_o = b_o * b_z * tl.sigmoid(b_z)
     tl.store(y + y_offs, b_o.to(y.dtype.element_ty), mask=m_t[:, None])
 
@@ -162,8 +165,15 @@ def _bwd_states(
 
 
 @triton.jit
+def _causal_decay(gc, offs_t):
+    """``exp(gc_t - gc_s)`` for s <= t, 0 above the diagonal: the in-chunk decay matrix."""
+    causal = offs_t[:, None] >= offs_t[None, :]
+    return tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
+
+
+@triton.jit
 def _bwd_dqkvg(
-    q, k, v, g, hs, dhs, skip, z, dy, dq, dk, dv, dg, dskip, dz,
+    q, k, v, g, hs, dhs, skip, z, u, dy, dq, dk, dv, dg, dskip, dz,
     T, NT, s_vt, s_zt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
@@ -180,63 +190,58 @@ def _bwd_dqkvg(
     vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
     g_offs = i_b * T * H + i_h + rows * H
     state_offs = (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
-    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
     b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_gl = tl.sum(b_g, axis=0)
-    b_h = tl.load(hs + state_offs)  # (P, N) state before the chunk
-    b_dh = tl.load(dhs + state_offs)  # (P, N) gradient of the state after the chunk
+    b_kdec = tl.exp(b_gl - b_gc)  # decay from step s to the end of the chunk
+    # Registers, not FLOPs, bound this kernel: it is written in phases so that few tiles are alive at once, and each
+    # gradient is stored as soon as it is complete.
 
-    causal = offs_t[:, None] >= offs_t[None, :]
-    b_decay = tl.where(causal, tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
-    b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_decay  # A[t, s]
-
-    # output stage y = (o + skip v) * silu(z): du = dy silu(z) is the ungated output's gradient; the gate's needs
-    # u = o + skip v, so the chunk's o is recomputed (as the forward: A v + exp(gc) h q)
+    # output stage y = u * silu(z), u = o + skip v: du = dy silu(z) is u's gradient; the gate's reads the u that the
+    # forward saved (recomputing o here, two more dots, spilled ~750 B of registers per thread at 4 warps)
     b_du = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    if HAS_SKIP:
-        b_skip = tl.load(skip + g_offs, mask=m_t, other=0.0)
     if HAS_Z:
         b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
                       other=0.0).to(tl.float32)  # fmt: skip
         b_sig = tl.sigmoid(b_z)
-        b_u = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
-        b_u += tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
-        if HAS_SKIP:
-            b_u += b_skip[:, None] * b_v.to(tl.float32)
+        b_u = tl.load(u + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
         tl.store(dz + vo_offs, (b_du * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
                  mask=m_t[:, None])  # fmt: skip
         b_du = b_du * b_z * b_sig
     if HAS_SKIP:
         tl.store(dskip + g_offs, tl.sum(b_du * b_v.to(tl.float32), axis=1), mask=m_t)
-    b_do = b_du.to(b_v.dtype)
+    b_do = b_du.to(b_v.dtype)  # from here on du lives only as the dot operand (its fp32 copy would spill)
 
-    b_da = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC) * b_decay  # dA[t, s]
-    b_kdec = tl.exp(b_gl - b_gc)  # decay from step s to the end of the chunk
-
-    b_dq = tl.dot(b_da.to(b_k.dtype), b_k, input_precision=DOT_PREC)
-    b_dq += tl.dot(b_do, b_h.to(b_do.dtype), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
-    b_dk_state = tl.dot(b_v, b_dh.to(b_v.dtype), input_precision=DOT_PREC) * b_kdec[:, None]
-    b_dk = tl.dot(tl.trans(b_da).to(b_q.dtype), b_q, input_precision=DOT_PREC) + b_dk_state
-    b_dv = tl.dot(tl.trans(b_a).to(b_do.dtype), b_do, input_precision=DOT_PREC)
+    # dv = A^T do + k dh_end^T (through the chunk's end state) + skip du (du as rounded to the operand dtype)
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
+    b_dh = tl.load(dhs + state_offs)  # (P, N) gradient of the state after the chunk
+    b_a = (tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * _causal_decay(b_gc, offs_t)).to(b_v.dtype)
+    b_dv = tl.dot(tl.trans(b_a), b_do, input_precision=DOT_PREC)
     b_dv += tl.dot(b_k, tl.trans(b_dh).to(b_k.dtype), input_precision=DOT_PREC) * b_kdec[:, None]
     if HAS_SKIP:
-        b_dv += b_du * b_skip[:, None]
-
-    # log-decay: d gc_r = q_r . dq_r - k_r . dk_r (+ <dh_end, h_end> on the last step), reverse cumsum in the chunk;
-    # <dh_end, h_end> = exp(gl) <dh_end, h> + sum_s k_s . dk_state_s
-    b_qf = b_q.to(tl.float32)
-    b_kf = b_k.to(tl.float32)
-    b_dgc = tl.sum(b_qf * b_dq, axis=1) - tl.sum(b_kf * b_dk, axis=1)
-    b_last = tl.exp(b_gl) * tl.sum(tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1), axis=0)
-    b_last += tl.sum(tl.sum(b_kf * b_dk_state, axis=1), axis=0)
-    b_dg = tl.cumsum(b_dgc, axis=0, reverse=True) + b_last
-
-    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
-    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+        b_dv += b_do.to(tl.float32) * tl.load(skip + g_offs, mask=m_t, other=0.0)[:, None]
     tl.store(dv + vo_offs, b_dv.to(dv.dtype.element_ty), mask=m_t[:, None])
+
+    # dq, dk from dA = (do v^T) * decay and the states; the log-decay gradient takes their row sums:
+    # d gc_r = q_r . dq_r - k_r . dk_r (+ <dh_end, h_end> on the chunk's last step, with
+    # <dh_end, h_end> = exp(gl) <dh_end, h> + sum_s k_s . dk_state_s), reverse-cumsummed within the chunk
+    b_da = (tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC) * _causal_decay(b_gc, offs_t)).to(b_k.dtype)
+    b_h = tl.load(hs + state_offs)  # (P, N) state before the chunk
+    b_dq = tl.dot(b_da, b_k, input_precision=DOT_PREC)
+    b_dq += tl.dot(b_do, b_h.to(b_do.dtype), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
+    b_dgc = tl.sum(b_q.to(tl.float32) * b_dq, axis=1)
+    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    b_last = tl.exp(b_gl) * tl.sum(tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1), axis=0)
+
+    b_kf = b_k.to(tl.float32)
+    b_dk = tl.dot(b_v, b_dh.to(b_v.dtype), input_precision=DOT_PREC) * b_kdec[:, None]  # through the chunk's state
+    b_last += tl.sum(tl.sum(b_kf * b_dk, axis=1), axis=0)
+    b_dk += tl.dot(tl.trans(b_da), b_q, input_precision=DOT_PREC)
+    b_dgc -= tl.sum(b_kf * b_dk, axis=1)
+    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+    b_dg = tl.cumsum(b_dgc, axis=0, reverse=True) + b_last
     tl.store(dg + g_offs, b_dg, mask=m_t)
 
 
@@ -352,9 +357,10 @@ def gla_chunk_fwd_triton(
     chunk_size: int = 64,
     v_skip: Tensor | None = None,
     gate: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Forward of the GLA core with its output stage ``y = (o + v_skip v) * silu(gate)`` (both optional).
-    Returns (y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward of the GLA core with its output stage ``y = u * silu(gate)``, ``u = o + v_skip v`` (both optional).
+    Returns (y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32, u in v's dtype for the backward
+    when there is a gate, else an empty tensor)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
@@ -366,14 +372,15 @@ def gla_chunk_fwd_triton(
     hs, ht = _launch_fwd_states(k, v, g, h0, chunk_size)
     nt = hs.shape[2]
     y = v.new_empty(v.shape)
+    u = v.new_empty(v.shape if gate is not None else 0)
     cfg = _config("fwd_output", p)
     _fwd_output[(nt, b * h)](
-        q, k, v, g, hs, g if v_skip is None else v_skip, v if gate is None else gate, y,
+        q, k, v, g, hs, g if v_skip is None else v_skip, v if gate is None else gate, y, y if gate is None else u,
         t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
         H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype), HAS_SKIP=v_skip is not None,
         HAS_Z=gate is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return y, ht
+    return y, ht, u
 
 
 def gla_chunk_bwd_triton(
@@ -387,13 +394,16 @@ def gla_chunk_bwd_triton(
     chunk_size: int = 64,
     v_skip: Tensor | None = None,
     gate: Tensor | None = None,
+    u: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Backward of :func:`gla_chunk_fwd_triton`. Returns (dq, dk, dv in the input dtype, dlog_decay fp32,
-    dinitial_state fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
+    """Backward of :func:`gla_chunk_fwd_triton` (``u``: its third output, needed with a gate). Returns (dq, dk, dv in
+    the input dtype, dlog_decay fp32, dinitial_state fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
     v_skip, gate = _output_stage(v_skip, gate, v)
+    if gate is not None and (u is None or u.shape != v.shape):
+        raise ValueError("the backward with a gate needs u, the forward's ungated output (its third output)")
     dy = dy.to(v.dtype).contiguous()
     g = g.float().contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -418,7 +428,8 @@ def gla_chunk_bwd_triton(
     dz = None if gate is None else gate.new_empty(gate.shape)
     cfg = _config("bwd_dqkvg", p)
     _bwd_dqkvg[(nt, b * h)](
-        q, k, v, g, hs, dhs, g if v_skip is None else v_skip, v if gate is None else gate, dy, dq, dk, dv, dg,
+        q, k, v, g, hs, dhs, g if v_skip is None else v_skip, v if gate is None else gate,
+        dy if gate is None else u.to(v.dtype).contiguous(), dy, dq, dk, dv, dg,
         dg if dskip is None else dskip, dv if dz is None else dz, t, nt, v.stride(1), s_zt,
         H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
