@@ -52,10 +52,11 @@ COMPILE_ALL = textwrap.dedent('''
     compile_kernel(tp._theta_carry, dict(H=16, R=16, NH=32, BT=32, CB=8))
     gla = dict(H=16, N=64, P=64, BT=64, DOT_PREC="tf32")
     compile_kernel(tc._fwd_states, dict(gla, BV=64, HAS_H0=True))
+    compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True))
     for stage in (True, False):  # with the output stage (Mamba-3) and without (the bare GLA core)
         compile_kernel(tc._fwd_output, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
-        compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True, HAS_Z=stage))
-        compile_kernel(tc._bwd_dqkvg, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
+        compile_kernel(tc._bwd_dqkvg, dict(gla, HAS_SKIP=stage))
+    compile_kernel(tc._bwd_output_stage, dict(H=16, P=64, BT=64, HAS_SKIP=True, HAS_Z=True))
 ''')
 
 

@@ -3,23 +3,22 @@
 Computes ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, the output
 ``y_t = (o_t + skip_t v_t) * silu(z_t)`` (skip and z optional; Mamba-3's diagonal correction and D skip are the one
 coefficient ``skip = D - diag``) and the final state (see ``reference.py`` for the math and
-:func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` / ``gated_output`` for the PyTorch twins). Four
+:func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` / ``gated_output`` for the PyTorch twins). Five
 kernels, fla-style (one sequential pass over chunks per (b, h) for the states, the rest parallel over chunks):
 
 forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
-     the one rounding; grid (NT, B*H).
+     the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid (NT, B*H).
 backward (the chunk states are recomputed by kernel 1, not saved)
-  3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state, from
-     ``dy * silu(z)``; grid (P/BV, B*H).
-  4. ``_bwd_dqkvg``: dq, dk, dv, the log-decay gradient and the output stage's (dz, dskip) of one chunk; grid
-     (NT, B*H).
+  3. ``_bwd_output_stage`` (with skip or gate): o's gradient ``do = dy silu(z)``, dz (from u), dskip; grid (NT, B*H).
+  4. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
+  5. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of one chunk; grid (NT, B*H).
 
-With a gate the forward also writes ``u = o + skip v`` (input dtype), which the gate's gradient needs: reading it
-back costs less than recomputing o in ``_bwd_dqkvg`` (two more dots there spilled registers). Fusing the output stage
-saves the Inductor kernels that read o, v, z back (forward) and dy, o, v, z (backward), and the round trip of o's
-gradient through memory.
+Measured on an H200 (B 32, T 1024, H 16, P = N = 64; ``benchmarks/RESULTS.md``): the output stage in the forward
+kernels and a bandwidth-bound kernel of its own in the backward replace four Inductor kernels (0.27 ms) with 0.13 ms.
+Recomputing o in the backward instead of saving u, or doing the output stage's backward inside ``_bwd_dqkvg``, cost
+more: both held the register-bound kernel's tiles longer (0.49 ms for ``_bwd_dqkvg`` instead of 0.27).
 
 Layouts: q, k ``[B, T, H, N]``, y ``[B, T, H, P]`` (contiguous), v and z ``[B, T, H, P]`` at any row stride, log-decay
 ``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
@@ -125,10 +124,10 @@ def _fwd_output(
 
 @triton.jit
 def _bwd_states(
-    q, do, z, g, dht, dhs, dh0,
-    T, NT, s_zt,
+    q, do, g, dht, dhs, dh0,
+    T, NT,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, HAS_Z: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -138,7 +137,6 @@ def _bwd_states(
     offs_v = i_v * BV + tl.arange(0, BV)
     q += i_b * T * H * N + i_h * N
     do += i_b * T * H * P + i_h * P
-    z += i_b * T * s_zt + i_h * P
     g += i_b * T * H + i_h
     state_offs = offs_v[:, None] * N + offs_n[None, :]
     if HAS_DHT:
@@ -155,13 +153,43 @@ def _bwd_states(
         b_gc = tl.cumsum(b_g, axis=0)
         b_gl = tl.sum(b_g, axis=0)
         b_q = tl.load(q + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
-        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0).to(tl.float32)
-        if HAS_Z:  # the gradient of the ungated output: dy * silu(z)
-            b_z = tl.load(z + rows[:, None] * s_zt + offs_v[None, :], mask=m_t[:, None], other=0.0).to(tl.float32)
-            b_do = b_do * b_z * tl.sigmoid(b_z)
+        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
         b_dow = (b_do * tl.exp(b_gc)[:, None]).to(b_q.dtype)
         b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_dow), b_q, input_precision=DOT_PREC)
     tl.store(dh0 + i_bh64 * P * N + state_offs, b_dh)
+
+
+@triton.jit
+def _bwd_output_stage(
+    v, skip, z, u, dy, do, dskip, dz,
+    T, s_vt, s_zt,
+    H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
+):  # fmt: skip
+    """Backward of ``y = u * silu(z)``, ``u = o + skip v``: do = dy silu(z) (o's gradient, read by the two kernels
+    below), dz from the u that the forward saved, dskip = sum_p do v. A kernel of its own: in ``_bwd_dqkvg`` the same
+    work cost 0.22 ms instead of this kernel's 0.10 (B 32, T 1024, H 16, P 64 on an H200: it is at bandwidth here,
+    while there it held the register-bound kernel's tiles longer)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    rows = i_t * BT + tl.arange(0, BT)
+    offs_p = tl.arange(0, P)
+    m_t = rows < T
+    vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    g_offs = i_b * T * H + i_h + rows * H
+    b_do = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    if HAS_Z:
+        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        b_sig = tl.sigmoid(b_z)
+        b_u = tl.load(u + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        tl.store(dz + vo_offs, (b_do * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
+                 mask=m_t[:, None])  # fmt: skip
+        b_do = b_do * b_z * b_sig
+    if HAS_SKIP:
+        b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        tl.store(dskip + g_offs, tl.sum(b_do * b_v, axis=1), mask=m_t)
+    tl.store(do + vo_offs, b_do.to(do.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -173,10 +201,10 @@ def _causal_decay(gc, offs_t):
 
 @triton.jit
 def _bwd_dqkvg(
-    q, k, v, g, hs, dhs, skip, z, u, dy, dq, dk, dv, dg, dskip, dz,
-    T, NT, s_vt, s_zt,
+    q, k, v, g, hs, dhs, skip, do, dq, dk, dv, dg,
+    T, NT, s_vt,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr,
-    HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_SKIP: tl.constexpr,
 ):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -191,29 +219,15 @@ def _bwd_dqkvg(
     g_offs = i_b * T * H + i_h + rows * H
     state_offs = (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :]
     b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
+    b_do = tl.load(do + vo_offs, mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_gl = tl.sum(b_g, axis=0)
     b_kdec = tl.exp(b_gl - b_gc)  # decay from step s to the end of the chunk
     # Registers, not FLOPs, bound this kernel: it is written in phases so that few tiles are alive at once, and each
-    # gradient is stored as soon as it is complete.
+    # gradient is stored as soon as it is complete (0 B of spills at 4 warps, 112 B when all were stored at the end).
 
-    # output stage y = u * silu(z), u = o + skip v: du = dy silu(z) is u's gradient; the gate's reads the u that the
-    # forward saved (recomputing o here, two more dots, spilled ~750 B of registers per thread at 4 warps)
-    b_du = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-    if HAS_Z:
-        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
-                      other=0.0).to(tl.float32)  # fmt: skip
-        b_sig = tl.sigmoid(b_z)
-        b_u = tl.load(u + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-        tl.store(dz + vo_offs, (b_du * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
-                 mask=m_t[:, None])  # fmt: skip
-        b_du = b_du * b_z * b_sig
-    if HAS_SKIP:
-        tl.store(dskip + g_offs, tl.sum(b_du * b_v.to(tl.float32), axis=1), mask=m_t)
-    b_do = b_du.to(b_v.dtype)  # from here on du lives only as the dot operand (its fp32 copy would spill)
-
-    # dv = A^T do + k dh_end^T (through the chunk's end state) + skip du (du as rounded to the operand dtype)
+    # dv = A^T do + k dh_end^T (through the chunk's end state) + skip do
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
     b_dh = tl.load(dhs + state_offs)  # (P, N) gradient of the state after the chunk
@@ -301,6 +315,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "fwd_output": {"num_warps": 4, "num_stages": 1},
+    "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
     "bwd_states": {"bv": 32, "num_warps": 4, "num_stages": 2},
     "bwd_dqkvg": {"num_warps": 4, "num_stages": 2},
 }
@@ -411,27 +426,35 @@ def gla_chunk_bwd_triton(
     b, t, h, n = q.shape
     p = v.shape[-1]
     prec = _dot_precision(q.dtype)
-    s_zt = v.stride(1) if gate is None else gate.stride(1)
     hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)
     nt = hs.shape[2]
+    dskip = None if v_skip is None else torch.empty_like(v_skip)
+    dz = None if gate is None else gate.new_empty(gate.shape)
+    do = dy
+    if v_skip is not None or gate is not None:
+        do = torch.empty_like(dy)
+        cfg = _config("bwd_output_stage", p)
+        _bwd_output_stage[(nt, b * h)](
+            v, g if v_skip is None else v_skip, v if gate is None else gate, dy if gate is None else u.to(v.dtype),
+            dy, do, g if dskip is None else dskip, dy if dz is None else dz,
+            t, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
+            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
     cfg = _config("bwd_states", p)
     dhs = torch.empty_like(hs)
     dh0 = q.new_empty(b, h, p, n, dtype=torch.float32)
     _bwd_states[(p // cfg["bv"], b * h)](
-        q, dy, v if gate is None else gate, g, dht if dht is not None else dh0, dhs, dh0, t, nt, s_zt,
-        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, HAS_Z=gate is not None, DOT_PREC=prec,
+        q, do, g, dht if dht is not None else dh0, dhs, dh0, t, nt,
+        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, DOT_PREC=prec,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), v.new_empty(v.shape)
     dg = torch.empty_like(g)
-    dskip = None if v_skip is None else torch.empty_like(v_skip)
-    dz = None if gate is None else gate.new_empty(gate.shape)
     cfg = _config("bwd_dqkvg", p)
     _bwd_dqkvg[(nt, b * h)](
-        q, k, v, g, hs, dhs, g if v_skip is None else v_skip, v if gate is None else gate,
-        dy if gate is None else u.to(v.dtype).contiguous(), dy, dq, dk, dv, dg,
-        dg if dskip is None else dskip, dv if dz is None else dz, t, nt, v.stride(1), s_zt,
-        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
+        q, k, v, g, hs, dhs, g if v_skip is None else v_skip, do, dq, dk, dv, dg, t, nt, v.stride(1),
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=prec, HAS_SKIP=v_skip is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return dq, dk, dv, dg, dh0, dskip, dz
