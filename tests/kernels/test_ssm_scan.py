@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from golf.kernels.ssm_scan import Mamba3State, mamba3_siso
 from golf.kernels.ssm_scan.reference import (
     gated_output,
     gated_output_bwd,
+    gla_chunk_states_reference,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
     gla_recurrent_reference,
@@ -284,8 +286,10 @@ def _check_triton_gla(
     prec = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # tf32 off for the fp32 comparison
     try:
-        y, ht, u = gla_chunk_fwd_triton(q, k, v, g, h0, chunk, skip, z)
-        grads = gla_chunk_bwd_triton(q, k, v, g, h0, dy, dht, chunk, skip, z, u)
+        y, ht, u, hs = gla_chunk_fwd_triton(q, k, v, g, h0, chunk, skip, z)
+        grads = gla_chunk_bwd_triton(q, k, v, g, h0, dy, dht, chunk, skip, z, u, hs)
+        assert_close("backward with recomputed states", grads[0], gla_chunk_bwd_triton(
+            q, k, v, g, h0, dy, dht, chunk, skip, z, u)[0], 1e-6)  # fmt: skip
     finally:
         torch.set_float32_matmul_precision(prec)
     # the reference with a zero initial state when there is none: the kernels return its gradient either way
@@ -301,6 +305,7 @@ def _check_triton_gla(
     assert_close("final", ht_ref, ht, 1e-5)
     if with_gate:
         assert_close("u", skip_output(o_ref, lv["v"], lv["skip"]), u, 1e-5)
+    assert_close("hs", gla_chunk_states_reference(k, v, g, h0, chunk), hs, 1e-5)
     for name, out in zip(inputs, grads):
         assert (out is None) == (inputs[name] is None), f"d{name}"
         if out is not None:
@@ -331,6 +336,25 @@ def test_gated_output_explicit_backward(with_skip, with_gate):
             assert_close(name, ref, out, 1e-12)
 
 
+def test_compile_caches_are_tagged_with_the_kernel_sources(tmp_path):
+    """A warm Inductor cache must not serve a graph compiled against older op definitions: every cache key carries a
+    hash of the kernel package's sources, and a user's own tag is left alone."""
+    import shutil
+
+    import golf.kernels.ssm_scan.op as op
+
+    package = Path(op.__file__).parent
+    assert torch.compiler.config.cache_key_tag == op.kernel_source_tag()
+    copy = tmp_path / "ssm_scan"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert op.kernel_source_tag(copy) == op.kernel_source_tag()
+    (copy / "op.py").write_text((copy / "op.py").read_text() + "\n# changed\n")
+    assert op.kernel_source_tag(copy) != op.kernel_source_tag()
+    with torch.compiler.config.patch(cache_key_tag="users-own"):
+        op._tag_compile_caches()
+        assert torch.compiler.config.cache_key_tag == "users-own"
+
+
 def test_custom_op_opcheck():
     from golf.kernels.ssm_scan.op import _gla_chunk_bwd, _gla_chunk_fwd
 
@@ -346,9 +370,10 @@ def test_custom_op_opcheck():
     torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, skip, None, 8))
     do, dht = torch.randn(b, t, h, p, generator=gen), torch.randn(b, h, p, n, generator=gen)
     plain = (q.detach(), k.detach(), v.detach(), g.detach())
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, v.new_empty(0), do, dht, 8))
+    hs = torch.randn(b, h, 3, p, n, generator=gen)
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, v.new_empty(0), hs, do, dht, 8))
     u = torch.randn(b, t, h, p, generator=gen)
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), u, do, None, 8))
+    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), u, hs, do, None, 8))
 
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["G1", "GH"])

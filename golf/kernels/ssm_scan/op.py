@@ -14,6 +14,9 @@ are plain PyTorch that Inductor fuses.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -22,6 +25,7 @@ from golf.kernels.ssm_scan.reference import (
     _compute_dtype,
     gated_output,
     gated_output_bwd,
+    gla_chunk_states_reference,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
     mamba3_final_state,
@@ -39,19 +43,40 @@ __all__ = ["gla_chunk", "mamba3_prologue", "mamba3_siso"]
 BACKENDS = ("auto", "triton", "reference", "recurrent")
 
 
+def kernel_source_tag(package_dir: Path = Path(__file__).parent) -> str:
+    """``golf-<hash>`` of the kernel package's Python sources (ops, references, Triton kernels)."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"golf-{digest.hexdigest()[:16]}"
+
+
+def _tag_compile_caches() -> None:
+    """Tag torch.compile's on-disk cache keys with :func:`kernel_source_tag`, unless a tag is set already
+    (``TORCH_COMPILE_CACHE_KEY_TAG``). The caches key a graph by the custom ops' names, not by their schemas or
+    autograd formulas: after an op gained an output to save for its backward, a warm cache served the old compiled
+    backward, which called the new op with the old arguments."""
+    config = getattr(torch.compiler, "config", None)
+    if config is not None and hasattr(config, "cache_key_tag") and not config.cache_key_tag:
+        config.cache_key_tag = kernel_source_tag()
+
+
+_tag_compile_caches()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # custom ops: forward, backward, fake functions, autograd
 # ---------------------------------------------------------------------------------------------------------------
 
 
-# The ops were renamed (from golf::gla_chunk_*) when the output stage joined them: Inductor's on-disk caches key a
-# compiled graph by the op's name, not its schema, and served the old backward after the schema changed.
 @torch.library.custom_op("golf::gla_gated_fwd", mutates_args=())
 def _gla_chunk_fwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
     gate: Tensor | None, chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y, final state, u): u = o + v_skip v, the ungated output the gate's gradient needs (empty without a gate)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(y, final state, u, hs): u = o + v_skip v, the ungated output the gate's gradient needs (empty without a
+    gate); hs the state before every chunk (input dtype), kept for the backward: 2 bytes x H P N / chunk per token
+    (2 KB at H 16, P = N = chunk = 64), one pass of the sequential state kernel less per backward."""
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_fwd_triton
 
@@ -61,28 +86,31 @@ def _gla_chunk_fwd(
         o, ht = gla_chunked_reference(q, k, v.to(_compute_dtype(q, k, v)), log_decay, initial_state, chunk_size)
         y = gated_output(o, v, v_skip, gate)
         u = skip_output(o, v, v_skip).to(v.dtype) if gate is not None else v.new_empty(0)
-    return y.contiguous(), ht.float().contiguous(), u.contiguous()
+        hs = gla_chunk_states_reference(k, v, log_decay, initial_state, chunk_size).to(k.dtype)
+    return y.contiguous(), ht.float().contiguous(), u.contiguous(), hs.contiguous()
 
 
 @_gla_chunk_fwd.register_fake
 def _(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size):
     b, t, h, n = q.shape
     u = v.new_empty(v.shape if gate is not None else 0)
-    return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32), u
+    hs = k.new_empty((b, h, -(-t // chunk_size), v.shape[-1], n))
+    return v.new_empty(v.shape), q.new_empty((b, h, v.shape[-1], n), dtype=torch.float32), u, hs
 
 
 @torch.library.custom_op("golf::gla_gated_bwd", mutates_args=())
 def _gla_chunk_bwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
-    gate: Tensor | None, u: Tensor, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
+    gate: Tensor | None, u: Tensor, hs: Tensor, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients of every input; those of absent inputs (initial state, v_skip, gate) are returned empty."""
+    """Gradients of every input; those of absent inputs (initial state, v_skip, gate) are returned empty. u and hs
+    are the forward's third and fourth outputs (the CPU fallback recomputes what it needs)."""
     if q.is_cuda:
         from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton
 
         with torch.cuda.device(q.device):
             grads = gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, dy, dfinal_state, chunk_size, v_skip, gate,
-                                         u)  # fmt: skip
+                                         u, hs)  # fmt: skip
     else:
         grads = _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state,
                                          chunk_size)  # fmt: skip
@@ -108,7 +136,7 @@ def _or_empty(grad: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 @_gla_chunk_bwd.register_fake
-def _(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chunk_size):
+def _(q, k, v, log_decay, initial_state, v_skip, gate, u, hs, dy, dfinal_state, chunk_size):
     b, t, h, n = q.shape
     p = v.shape[-1]
     return (
@@ -124,17 +152,17 @@ def _(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chun
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, log_decay, initial_state, v_skip, gate, chunk_size = inputs
-    u = output[2]
-    ctx.mark_non_differentiable(u)
-    ctx.save_for_backward(q, k, v, log_decay, initial_state, v_skip, gate, u)
+    u, hs = output[2], output[3]
+    ctx.mark_non_differentiable(u, hs)
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, v_skip, gate, u, hs)
     ctx.chunk_size = chunk_size
     ctx.log_decay_dtype = log_decay.dtype
 
 
-def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None, _du: Tensor | None):
-    q, k, v, log_decay, initial_state, v_skip, gate, u = ctx.saved_tensors
+def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None, _du: Tensor | None, _dhs: Tensor | None):
+    q, k, v, log_decay, initial_state, v_skip, gate, u, hs = ctx.saved_tensors
     dq, dk, dv, dg, dh0, dskip, dgate = _gla_chunk_bwd(
-        q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, ctx.chunk_size
+        q, k, v, log_decay, initial_state, v_skip, gate, u, hs, dy, dfinal_state, ctx.chunk_size
     )
     return (
         dq, dk, dv, dg.to(ctx.log_decay_dtype),
@@ -172,7 +200,7 @@ def gla_chunk(
     Returns:
         y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
     """
-    y, final_state, _ = _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
+    y, final_state, _, _ = _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
     return y, final_state
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "gated_output",
     "gated_output_bwd",
     "gla_chunked_reference",
+    "gla_chunk_states_reference",
     "gla_chunked_reference_bwd",
     "gla_recurrent_reference",
     "mamba3_prologue_reference",
@@ -175,6 +176,18 @@ def _gla_chunk_states(gc: Tensor, kc: Tensor, vc: Tensor, initial_state: Tensor 
     weights = torch.exp(_segsum(F.pad(gl, (1, 0))))  # (B, H, NT+1, NT+1)
     states = torch.einsum("bhij,bhjpn->bhipn", weights, kv_aug)
     return states, weights
+
+
+def gla_chunk_states_reference(
+    k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
+) -> Tensor:
+    """The state before every chunk, ``[B, H, NT, P, N]`` in fp32 (fp64 for fp64 inputs): what the Triton forward
+    keeps for the backward (``hs``)."""
+    cd = _compute_dtype(k, v)
+    kc, vc = (_to_chunks(x.to(cd), chunk_size) for x in (k, v))
+    gc = _to_chunks(log_decay.to(cd), chunk_size).cumsum(-1)
+    states, _ = _gla_chunk_states(gc, kc, vc, None if initial_state is None else initial_state.to(cd))
+    return states[:, :, :-1]
 
 
 def gla_chunked_reference(

@@ -10,7 +10,7 @@ forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
      the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid (NT, B*H).
-backward (the chunk states are recomputed by kernel 1, not saved)
+backward (the chunk states come from the forward: saved, ``B T H P N / C`` elements, rather than recomputed)
   3. ``_bwd_output_stage`` (with skip or gate): o's gradient ``do = dy silu(z)``, dz (from u), dskip; grid (NT, B*H).
   4. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
   5. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of one chunk; grid (NT, B*H).
@@ -372,10 +372,11 @@ def gla_chunk_fwd_triton(
     chunk_size: int = 64,
     v_skip: Tensor | None = None,
     gate: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward of the GLA core with its output stage ``y = u * silu(gate)``, ``u = o + v_skip v`` (both optional).
     Returns (y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32, u in v's dtype for the backward
-    when there is a gate, else an empty tensor)."""
+    when there is a gate, else an empty tensor, and the chunk states ``hs`` ``[B, H, NT, P, N]`` in the input dtype,
+    which the backward takes instead of recomputing them)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
@@ -395,7 +396,7 @@ def gla_chunk_fwd_triton(
         H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype), HAS_SKIP=v_skip is not None,
         HAS_Z=gate is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return y, ht, u
+    return y, ht, u, hs
 
 
 def gla_chunk_bwd_triton(
@@ -410,9 +411,11 @@ def gla_chunk_bwd_triton(
     v_skip: Tensor | None = None,
     gate: Tensor | None = None,
     u: Tensor | None = None,
+    hs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Backward of :func:`gla_chunk_fwd_triton` (``u``: its third output, needed with a gate). Returns (dq, dk, dv in
-    the input dtype, dlog_decay fp32, dinitial_state fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
+    """Backward of :func:`gla_chunk_fwd_triton` (``u``: its third output, needed with a gate; ``hs``: its fourth, or
+    None to recompute the chunk states). Returns (dq, dk, dv in the input dtype, dlog_decay fp32, dinitial_state
+    fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
     _check(q, k, v, g, chunk_size)
     _interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
@@ -426,8 +429,12 @@ def gla_chunk_bwd_triton(
     b, t, h, n = q.shape
     p = v.shape[-1]
     prec = _dot_precision(q.dtype)
-    hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)
-    nt = hs.shape[2]
+    nt = triton.cdiv(t, chunk_size)
+    if hs is None:
+        hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)
+    elif hs.shape != (b, h, nt, p, n) or hs.dtype != k.dtype:
+        raise ValueError(f"hs must be the forward's chunk states {(b, h, nt, p, n)} {k.dtype}, got {tuple(hs.shape)}")
+    hs = hs.contiguous()
     dskip = None if v_skip is None else torch.empty_like(v_skip)
     dz = None if gate is None else gate.new_empty(gate.shape)
     do = dy
