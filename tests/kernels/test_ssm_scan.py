@@ -341,7 +341,7 @@ def test_compile_caches_are_tagged_with_the_kernel_sources(tmp_path):
     hash of the kernel package's sources, and a user's own tag is left alone."""
     import shutil
 
-    import golf.kernels.ssm_scan.op as op
+    from golf.kernels.ssm_scan import op
 
     package = Path(op.__file__).parent
     assert torch.compiler.config.cache_key_tag == op.kernel_source_tag()
@@ -356,7 +356,7 @@ def test_compile_caches_are_tagged_with_the_kernel_sources(tmp_path):
 
 
 def test_custom_op_opcheck():
-    from golf.kernels.ssm_scan.op import _gla_chunk_bwd, _gla_chunk_fwd
+    from golf.kernels.ssm_scan.op import _gla_gated_bwd, _gla_gated_fwd
 
     gen = torch.Generator().manual_seed(11)
     b, t, h, n, p = 1, 20, 2, 8, 8
@@ -365,15 +365,15 @@ def test_custom_op_opcheck():
     skip = torch.randn(b, t, h, generator=gen)
     h0 = torch.randn(b, h, p, n, generator=gen)
     q, k, v, g, h0, skip, z = (x.requires_grad_() for x in (q, k, v, g, h0, skip, z))
-    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, h0, skip, z, 8))
-    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, None, None, 8))
-    torch.library.opcheck(_gla_chunk_fwd, (q, k, v, g, None, skip, None, 8))
+    torch.library.opcheck(_gla_gated_fwd, (q, k, v, g, h0, skip, z, 8))
+    torch.library.opcheck(_gla_gated_fwd, (q, k, v, g, None, None, None, 8))
+    torch.library.opcheck(_gla_gated_fwd, (q, k, v, g, None, skip, None, 8))
     do, dht = torch.randn(b, t, h, p, generator=gen), torch.randn(b, h, p, n, generator=gen)
     plain = (q.detach(), k.detach(), v.detach(), g.detach())
     hs = torch.randn(b, h, 3, p, n, generator=gen)
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, None, None, v.new_empty(0), hs, do, dht, 8))
+    torch.library.opcheck(_gla_gated_bwd, (*plain, None, None, None, v.new_empty(0), hs, do, dht, 8))
     u = torch.randn(b, t, h, p, generator=gen)
-    torch.library.opcheck(_gla_chunk_bwd, (*plain, None, skip.detach(), z.detach(), u, hs, do, None, 8))
+    torch.library.opcheck(_gla_gated_bwd, (*plain, None, skip.detach(), z.detach(), u, hs, do, None, 8))
 
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["G1", "GH"])

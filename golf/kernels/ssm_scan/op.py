@@ -70,7 +70,7 @@ _tag_compile_caches()
 
 
 @torch.library.custom_op("golf::gla_gated_fwd", mutates_args=())
-def _gla_chunk_fwd(
+def _gla_gated_fwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
     gate: Tensor | None, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
@@ -90,7 +90,7 @@ def _gla_chunk_fwd(
     return y.contiguous(), ht.float().contiguous(), u.contiguous(), hs.contiguous()
 
 
-@_gla_chunk_fwd.register_fake
+@_gla_gated_fwd.register_fake
 def _(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size):
     b, t, h, n = q.shape
     u = v.new_empty(v.shape if gate is not None else 0)
@@ -99,7 +99,7 @@ def _(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size):
 
 
 @torch.library.custom_op("golf::gla_gated_bwd", mutates_args=())
-def _gla_chunk_bwd(
+def _gla_gated_bwd(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None, v_skip: Tensor | None,
     gate: Tensor | None, u: Tensor, hs: Tensor, dy: Tensor, dfinal_state: Tensor | None, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
@@ -112,7 +112,7 @@ def _gla_chunk_bwd(
             grads = gla_chunk_bwd_triton(q, k, v, log_decay, initial_state, dy, dfinal_state, chunk_size, v_skip, gate,
                                          u, hs)  # fmt: skip
     else:
-        grads = _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state,
+        grads = _gla_gated_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state,
                                          chunk_size)  # fmt: skip
     dq, dk, dv, dg, dh0, dskip, dgate = grads
     return (dq.contiguous(), dk.contiguous(), dv.contiguous(), dg.float().contiguous(), dh0.float().contiguous(),
@@ -120,7 +120,7 @@ def _gla_chunk_bwd(
 
 
 @torch.no_grad()
-def _gla_chunk_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chunk_size):
+def _gla_gated_bwd_reference(q, k, v, log_decay, initial_state, v_skip, gate, u, dy, dfinal_state, chunk_size):
     """The backward on the PyTorch references (CPU): the output stage's, then the GLA core's."""
     cd = _compute_dtype(q, k, v)
     do, dv_skip_term, dskip, dgate = gated_output_bwd(dy.to(cd), u, v, v_skip, gate)
@@ -135,7 +135,7 @@ def _or_empty(grad: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
     return grad.contiguous() if grad is not None else like.new_empty(0, dtype=dtype)
 
 
-@_gla_chunk_bwd.register_fake
+@_gla_gated_bwd.register_fake
 def _(q, k, v, log_decay, initial_state, v_skip, gate, u, hs, dy, dfinal_state, chunk_size):
     b, t, h, n = q.shape
     p = v.shape[-1]
@@ -161,7 +161,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None, _du: Tensor | None, _dhs: Tensor | None):
     q, k, v, log_decay, initial_state, v_skip, gate, u, hs = ctx.saved_tensors
-    dq, dk, dv, dg, dh0, dskip, dgate = _gla_chunk_bwd(
+    dq, dk, dv, dg, dh0, dskip, dgate = _gla_gated_bwd(
         q, k, v, log_decay, initial_state, v_skip, gate, u, hs, dy, dfinal_state, ctx.chunk_size
     )
     return (
@@ -173,7 +173,7 @@ def _backward(ctx, dy: Tensor, dfinal_state: Tensor | None, _du: Tensor | None, 
     )  # fmt: skip
 
 
-_gla_chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
+_gla_gated_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def gla_chunk(
@@ -200,7 +200,7 @@ def gla_chunk(
     Returns:
         y ``[B, T, H, P]`` in v's dtype, final state ``[B, H, P, N]`` fp32.
     """
-    y, final_state, _, _ = _gla_chunk_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
+    y, final_state, _, _ = _gla_gated_fwd(q, k, v, log_decay, initial_state, v_skip, gate, chunk_size)
     return y, final_state
 
 
