@@ -19,9 +19,9 @@ from golf.kernels.ssm_scan import Mamba3State, mamba3_siso
 from golf.kernels.ssm_scan.reference import (
     gated_output,
     gated_output_bwd,
-    gla_chunk_states_reference,
     gla_chunked_reference,
     gla_chunked_reference_bwd,
+    gla_chunked_with_states,
     gla_recurrent_reference,
     mamba3_siso_chunked,
     mamba3_siso_recurrent,
@@ -259,6 +259,24 @@ def test_triton_gla_reads_v_and_z_as_column_slices_without_a_copy():
     assert v.stride(1) == z.stride(1) == 2 * (2 * 16) + 24 and _rows_of_heads(v) is v and _rows_of_heads(z) is z
 
 
+@needs_triton
+def test_triton_gla_refuses_mismatched_output_stage_operands():
+    """The output stage's operands are checked before any launch: one line naming the operand and the shape wanted."""
+    from golf.kernels.ssm_scan.triton_chunk import gla_chunk_bwd_triton, gla_chunk_fwd_triton
+
+    device = "cuda" if HAS_CUDA else "cpu"
+    q, k, v = (torch.randn(1, 16, 2, 16, device=device) for _ in range(3))
+    g = -torch.rand(1, 16, 2, device=device)
+    with pytest.raises(ValueError, match=r"gate must have v's shape \(1, 16, 2, 16\)"):
+        gla_chunk_fwd_triton(q, k, v, g, None, 16, None, torch.randn(1, 16, 2, 8, device=device))
+    with pytest.raises(ValueError, match=r"v_skip must be \(B, T, H\) = \(1, 16, 2\)"):
+        gla_chunk_fwd_triton(q, k, v, g, None, 16, torch.randn(1, 16, device=device))
+    with pytest.raises(ValueError, match="the backward with a gate needs u"):
+        gla_chunk_bwd_triton(q, k, v, g, None, torch.randn_like(v), None, 16, None, torch.randn_like(v))
+    with pytest.raises(ValueError, match=r"hs must be the forward's chunk states \(1, 2, 1, 16, 16\)"):
+        gla_chunk_bwd_triton(q, k, v, g, None, torch.randn_like(v), None, 16, hs=torch.randn(1, 2, 2, 16, 16))
+
+
 def _check_triton_gla(
     batch, seqlen, nheads, d_state, headdim, chunk, with_h0, with_dht, output_stage=False, row_padding=0
 ):
@@ -305,7 +323,7 @@ def _check_triton_gla(
     assert_close("final", ht_ref, ht, 1e-5)
     if with_gate:
         assert_close("u", skip_output(o_ref, lv["v"], lv["skip"]), u, 1e-5)
-    assert_close("hs", gla_chunk_states_reference(k, v, g, h0, chunk), hs, 1e-5)
+    assert_close("hs", gla_chunked_with_states(q, k, v, g, h0, chunk)[1][:, :, :-1], hs, 1e-5)
     for name, out in zip(inputs, grads):
         assert (out is None) == (inputs[name] is None), f"d{name}"
         if out is not None:

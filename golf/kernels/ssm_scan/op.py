@@ -25,9 +25,8 @@ from golf.kernels.ssm_scan.reference import (
     _compute_dtype,
     gated_output,
     gated_output_bwd,
-    gla_chunk_states_reference,
-    gla_chunked_reference,
     gla_chunked_reference_bwd,
+    gla_chunked_with_states,
     mamba3_final_state,
     mamba3_prologue_reference,
     mamba3_prologue_reference_bwd,
@@ -83,11 +82,11 @@ def _gla_gated_fwd(
         with torch.cuda.device(q.device):
             return gla_chunk_fwd_triton(q, k, v, log_decay, initial_state, chunk_size, v_skip, gate)
     with torch.no_grad():
-        o, ht = gla_chunked_reference(q, k, v.to(_compute_dtype(q, k, v)), log_decay, initial_state, chunk_size)
+        o, states = gla_chunked_with_states(q, k, v, log_decay, initial_state, chunk_size)
         y = gated_output(o, v, v_skip, gate)
         u = skip_output(o, v, v_skip).to(v.dtype) if gate is not None else v.new_empty(0)
-        hs = gla_chunk_states_reference(k, v, log_decay, initial_state, chunk_size).to(k.dtype)
-    return y.contiguous(), ht.float().contiguous(), u.contiguous(), hs.contiguous()
+    ht, hs = states[:, :, -1].float(), states[:, :, :-1].to(k.dtype)
+    return y.contiguous(), ht.contiguous(), u.contiguous(), hs.contiguous()
 
 
 @_gla_gated_fwd.register_fake

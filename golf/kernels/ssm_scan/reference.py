@@ -61,9 +61,9 @@ __all__ = [
     "Mamba3State",
     "gated_output",
     "gated_output_bwd",
-    "gla_chunk_states_reference",
     "gla_chunked_reference",
     "gla_chunked_reference_bwd",
+    "gla_chunked_with_states",
     "gla_recurrent_reference",
     "mamba3_prologue_reference",
     "mamba3_prologue_reference_bwd",
@@ -178,18 +178,6 @@ def _gla_chunk_states(gc: Tensor, kc: Tensor, vc: Tensor, initial_state: Tensor 
     return states, weights
 
 
-def gla_chunk_states_reference(
-    k: Tensor, v: Tensor, log_decay: Tensor, initial_state: Tensor | None = None, chunk_size: int = 64
-) -> Tensor:
-    """The state before every chunk, ``[B, H, NT, P, N]`` in fp32 (fp64 for fp64 inputs): what the Triton forward
-    keeps for the backward (``hs``)."""
-    cd = _compute_dtype(k, v)
-    kc, vc = (_to_chunks(x.to(cd), chunk_size) for x in (k, v))
-    gc = _to_chunks(log_decay.to(cd), chunk_size).cumsum(-1)
-    states, _ = _gla_chunk_states(gc, kc, vc, None if initial_state is None else initial_state.to(cd))
-    return states[:, :, :-1]
-
-
 def gla_chunked_reference(
     q: Tensor,
     k: Tensor,
@@ -209,6 +197,21 @@ def gla_chunked_reference(
     Returns:
         o ``[B, T, H, P]`` in v's dtype; final state ``[B, H, P, N]`` in fp32 (fp64 for fp64 inputs).
     """
+    o, states = gla_chunked_with_states(q, k, v, log_decay, initial_state, chunk_size)
+    return o.to(v.dtype), states[:, :, -1]
+
+
+def gla_chunked_with_states(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """:func:`gla_chunked_reference` before its casts: o ``[B, T, H, P]`` in fp32 (fp64 for fp64 inputs) and the state
+    at every chunk boundary ``[B, H, NT+1, P, N]`` (before each chunk, then the final state; the states before the
+    chunks are what the Triton forward keeps for the backward, ``hs``)."""
     cd = _compute_dtype(q, k, v)
     t = q.shape[1]
     qc, kc, vc = (_to_chunks(x.to(cd), chunk_size) for x in (q, k, v))
@@ -218,7 +221,7 @@ def gla_chunked_reference(
     attn = (qc @ kc.transpose(-1, -2)) * decay  # (B, H, NT, C, C)
     states, _ = _gla_chunk_states(gc, kc, vc, None if initial_state is None else initial_state.to(cd))
     o = attn @ vc + (qc @ states[:, :, :-1].transpose(-1, -2)) * torch.exp(gc)[..., None]
-    return _from_chunks(o, t).to(v.dtype), states[:, :, -1]
+    return _from_chunks(o, t), states
 
 
 def gla_chunked_reference_bwd(
