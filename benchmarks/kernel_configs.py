@@ -10,9 +10,9 @@ as ``ssm_kernel.py``'s GPU-time column; host-to-host time mostly measured the ho
 its spread between runs hid the differences between settings; the GLA core with its output stage (skip, z gate) for
 the GLA kernels, the fused prologue op for the prologue kernels) and its outputs and gradients are compared with the
 current setting's (relative RMS; a candidate that changes the numbers beyond the bf16 limit is marked and never
-"best"). One table per
-group, fastest first, and the JSON; then copy the best settings into ``LAUNCH_CONFIG`` and re-run the GPU tests. On a
-machine without a GPU the ops take their PyTorch fallbacks, so a CPU run only exercises the script itself.
+"best"). One table per group, fastest first, and the JSON; then copy the best settings into ``LAUNCH_CONFIG`` and
+re-run the GPU tests. On a machine without a GPU the ops take their PyTorch fallbacks, so a CPU run only exercises
+the script itself.
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def test_prologue_op_gpu_realistic(dtype, ratio, fast_trig, monkeypatch):
     from golf.kernels.ssm_scan import triton_prologue
 
     monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "fast_trig", fast_trig)
-    check_op_against_reference(prologue_inputs(2, 4096, 16, 1, 64, 16, dtype=dtype, device="cuda", seed=4), dtype, ratio)
+    inputs = prologue_inputs(2, 4096, 16, 1, 64, 16, dtype=dtype, device="cuda", seed=4)
+    check_op_against_reference(inputs, dtype, ratio)
 
 
 @gpu

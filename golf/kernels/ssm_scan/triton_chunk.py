@@ -23,7 +23,8 @@ more: both held the register-bound kernel's tiles longer (0.49 ms for ``_bwd_dqk
 Layouts: q, k ``[B, T, H, N]``, y ``[B, T, H, P]`` (contiguous), v and z ``[B, T, H, P]`` at any row stride, log-decay
 ``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
 ``tl.dot`` takes bf16 operands for bf16 inputs and fp32 operands (tf32 unless
-``torch.get_float32_matmul_precision() == "highest"``) for fp32 inputs, always with fp32 accumulation. No TMA descriptors and no ``triton.set_allocator``.
+``torch.get_float32_matmul_precision() == "highest"``) for fp32 inputs, always with fp32 accumulation. No TMA
+descriptors and no ``triton.set_allocator``.
 """
 
 from __future__ import annotations
