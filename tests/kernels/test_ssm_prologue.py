@@ -53,15 +53,20 @@ KERNEL_CASES = [
 
 @needs_triton
 @pytest.mark.parametrize("batch,seqlen,nheads,ngroups,d_state,n_angles", KERNEL_CASES)
-def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles):
+def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles, monkeypatch):
+    """Forward, and backward with the forward's theta carries (and, without ddiag, with them recomputed); the
+    block-suffix scan in steps of 2 blocks, so that it carries across steps at these short lengths."""
+    from golf.kernels.ssm_scan import triton_prologue
     from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton, mamba3_prologue_fwd_triton
 
+    monkeypatch.setattr(triton_prologue, "SUFFIX_BLOCKS", 2)
     device = "cuda" if HAS_CUDA else "cpu"
     inputs = prologue_inputs(batch, seqlen, nheads, ngroups, d_state, n_angles, device=device)
     cot = random_cotangents(inputs, torch.float32)
     outs_ref, grads_ref = reference_with_grads(inputs, torch.float32, cot)
     outs = mamba3_prologue_fwd_triton(*inputs, torch.float32)
-    grads = mamba3_prologue_bwd_triton(*inputs, *cot)
+    assert outs[3].shape == triton_prologue.theta_carry_shape(batch, seqlen, nheads, d_state, n_angles)
+    grads = mamba3_prologue_bwd_triton(*inputs, *cot, outs[3])
     for name, ref, out in zip(("q_rot", "k_w", "diag"), outs_ref, outs):
         assert_close(name, ref, out, 1e-5)
     for name, ref, out in zip(INPUT_NAMES, grads_ref, grads):
@@ -84,8 +89,9 @@ def test_prologue_opcheck(ngroups, out_dtype):
     torch.library.opcheck(ssm_op._mamba3_prologue_fwd, (*inputs, out_dtype))
     cot = random_cotangents(inputs, out_dtype)
     detached = [x.detach() for x in inputs]
-    torch.library.opcheck(ssm_op._mamba3_prologue_bwd, (*detached, *cot))
-    torch.library.opcheck(ssm_op._mamba3_prologue_bwd, (*detached, cot[0], cot[1], None))
+    carry = ssm_op._mamba3_prologue_fwd(*detached, out_dtype)[3]
+    torch.library.opcheck(ssm_op._mamba3_prologue_bwd, (*detached, *cot, carry))
+    torch.library.opcheck(ssm_op._mamba3_prologue_bwd, (*detached, cot[0], cot[1], None, carry))
 
 
 def check_op_against_reference(inputs, out_dtype, ratio: float) -> None:

@@ -212,7 +212,9 @@ def _prologue_on_triton(*tensors: Tensor) -> bool:
 def _mamba3_prologue_fwd(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
     out_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(q~, k~ w, diag, carry): carry is theta at the start of every T-block of the Triton kernels, kept for the
+    backward (empty on the reference path, which recomputes theta)."""
     if _prologue_on_triton(q, k, dt, trap, q_bias, k_bias, angles):
         from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_fwd_triton
 
@@ -220,47 +222,61 @@ def _mamba3_prologue_fwd(
             return mamba3_prologue_fwd_triton(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
     with torch.no_grad():
         q_rot, k_w, diag = mamba3_prologue_reference(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
-    return q_rot.contiguous(), k_w.contiguous(), diag.contiguous()
+    return q_rot.contiguous(), k_w.contiguous(), diag.contiguous(), dt.new_empty(0, dtype=torch.float32)
+
+
+def _theta_carry_fake(q, k, dt, trap, q_bias, k_bias, angles) -> Tensor:
+    if not _prologue_on_triton(q, k, dt, trap, q_bias, k_bias, angles):
+        return dt.new_empty(0, dtype=torch.float32)
+    from golf.kernels.ssm_scan.triton_prologue import theta_carry_shape
+
+    b, t, h = dt.shape
+    return dt.new_empty(theta_carry_shape(b, t, h, q.shape[-1], angles.shape[-1]), dtype=torch.float32)
 
 
 @_mamba3_prologue_fwd.register_fake
 def _(q, k, dt, trap, q_bias, k_bias, angles, out_dtype):
     b, t, h = dt.shape
     q_rot = q.new_empty((b, t, h, q.shape[-1]), dtype=out_dtype)
-    return q_rot, torch.empty_like(q_rot), dt.new_empty((b, t, h), dtype=_compute_dtype(q, k, dt))
+    diag = dt.new_empty((b, t, h), dtype=_compute_dtype(q, k, dt))
+    return q_rot, torch.empty_like(q_rot), diag, _theta_carry_fake(q, k, dt, trap, q_bias, k_bias, angles)
 
 
 @torch.library.custom_op("golf::mamba3_prologue_bwd", mutates_args=())
 def _mamba3_prologue_bwd(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
-    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None,
+    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None, carry: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients of the seven inputs; ``carry`` is the forward's fourth output (the Triton path reads it, or rescans
+    T when it is empty; the reference ignores it)."""
     inputs = (q, k, dt, trap, q_bias, k_bias, angles)
     if _prologue_on_triton(*inputs, dq_rot, dk_w):
         from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton
 
         with torch.cuda.device(q.device):
-            grads = mamba3_prologue_bwd_triton(*inputs, dq_rot, dk_w, ddiag)
+            grads = mamba3_prologue_bwd_triton(*inputs, dq_rot, dk_w, ddiag, carry if carry.numel() else None)
     else:
         grads = mamba3_prologue_reference_bwd(*inputs, dq_rot, dk_w, ddiag)
     return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, inputs))
 
 
 @_mamba3_prologue_bwd.register_fake
-def _(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w, ddiag):
+def _(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w, ddiag, carry):
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, dt, trap, q_bias, k_bias, angles))
 
 
 def _prologue_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:7])
+    ctx.mark_non_differentiable(output[3])
+    ctx.save_for_backward(*inputs[:7], output[3])
 
 
-def _prologue_backward(ctx, dq_rot: Tensor | None, dk_w: Tensor | None, ddiag: Tensor | None):
-    q, k, dt, trap, q_bias, k_bias, angles = ctx.saved_tensors
+def _prologue_backward(ctx, dq_rot: Tensor | None, dk_w: Tensor | None, ddiag: Tensor | None, _dcarry: Tensor | None):
+    q, k, dt, trap, q_bias, k_bias, angles, carry = ctx.saved_tensors
     shape = (*dt.shape, q.shape[-1])
     dq_rot = dq_rot if dq_rot is not None else q.new_zeros(shape)
     dk_w = dk_w if dk_w is not None else torch.zeros_like(dq_rot)
-    return (*_mamba3_prologue_bwd(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w.to(dq_rot.dtype), ddiag), None)
+    grads = _mamba3_prologue_bwd(q, k, dt, trap, q_bias, k_bias, angles, dq_rot, dk_w.to(dq_rot.dtype), ddiag, carry)
+    return (*grads, None)
 
 
 _mamba3_prologue_fwd.register_autograd(_prologue_backward, setup_context=_prologue_setup_context)
@@ -277,7 +293,8 @@ def mamba3_prologue(
     Returns: q~ and k~ w ``[B, T, H, N]`` in ``out_dtype`` (the GLA core's q, k), diag ``[B, T, H]`` fp32 (fp64 for
     fp64 inputs); equal to ``Mamba3Prologue.q, .k, .diag`` of the reference.
     """
-    return _mamba3_prologue_fwd(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
+    q_rot, k_w, diag, _ = _mamba3_prologue_fwd(q, k, dt, trap, q_bias, k_bias, angles, out_dtype)
+    return q_rot, k_w, diag
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
 
 * The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_carry`` (grid B*H, a loop over T
   reading only dt and angles, CB T-blocks per step) writes theta at the start of every T-block of BT = 32 steps
-  (``[B, H, NT, N/2]`` fp32, 2 MB). It runs in the forward and again in the backward (recomputed, not saved).
+  (``[B, H, NT, N/2]`` fp32, 2 MB). The forward returns it and the backward reads it (not rescanned).
 * The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 1024 programs at the shape
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
@@ -19,11 +19,12 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   no atomics, no per-head fp32 copies).
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
   cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the raw dtheta (into
-  the dangles buffer) and each block's total; ``_prologue_bwd_fix`` (grid NT, B*H) takes the in-block reverse cumsum,
-  adds the sum of the later blocks' totals, and the shifted trapezoid term (bn_t depends on step t+1, whose gradient
-  crosses block edges). Two passes cost one extra read+write of the fp32 ``[B, T, H, R]`` buffer (34 MB each way at
-  R = 16) and avoid a sequential backward; the scan sits in the light kernel because the heavy one, which loops over
-  the heads, paid for it in every head (measured: ``benchmarks/RESULTS.md``).
+  the dangles buffer) and each block's total; ``_block_suffix`` turns the totals into the sum over the later blocks;
+  ``_prologue_bwd_fix`` (grid NT, B*H) takes the in-block reverse cumsum, adds that sum, and the shifted trapezoid
+  term (bn_t depends on step t+1, whose gradient crosses block edges). Two passes cost one extra read+write of the
+  fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a sequential backward; the scan sits in the light
+  kernel because the heavy one, which loops over the heads, paid for it in every head (measured:
+  ``benchmarks/RESULTS.md``).
 * Rotation pairs (2j, 2j+1) are handled by loading contiguous ``[BT, N]`` rows and splitting them with
   ``reshape + split`` (joined back before the store), so loads and stores stay contiguous. Theta is kept for all
   N/2 pairs with the angles of pairs j >= R masked to 0, so those pairs rotate by exactly 0 (cos 1, sin 0).
@@ -46,7 +47,7 @@ from torch import Tensor
 
 from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpreting
 
-__all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
+__all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_carry_shape"]
 
 # Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; bwd_maxnreg: a
 # register cap for the backward, 0 = the compiler's choice; fast_trig: 1 = the GPU's approximate cos/sin, see
@@ -55,6 +56,8 @@ __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton"]
 # further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels.
 LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "bwd_num_warps": 4, "bwd_maxnreg": 0,
                                  "fast_trig": 1}
+# T-blocks per step of ``_block_suffix`` (one or two steps at T 4096, BT 32).
+SUFFIX_BLOCKS = 64
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,13 +252,31 @@ def _prologue_bwd(
 
 
 @triton.jit
+def _block_suffix(blk, NT, NH: tl.constexpr, SB: tl.constexpr):
+    """In place, per (b, h): ``blk[c] <- sum of blk[c'] for c' > c`` over the T-blocks (``[B, H, NT, NH]``), SB
+    blocks per step from the last, so the fix kernel reads its carry as one vector (looping over the later blocks in
+    every program was quadratic in NT)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    offs_j = tl.arange(0, NH)
+    offs_c = tl.arange(0, SB)
+    b_carry = tl.zeros([NH], dtype=tl.float32)
+    for c0 in range(0, NT, SB):
+        blocks = NT - 1 - c0 - offs_c  # descending
+        m_c = (blocks >= 0)[:, None]
+        ptrs = blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :]
+        b_blk = tl.load(ptrs, mask=m_c, other=0.0)
+        tl.store(ptrs, tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :], mask=m_c)
+        b_carry += tl.sum(b_blk, axis=0)
+
+
+@triton.jit
 def _prologue_bwd_fix(
-    dt, trap, angles, dbn, dang, dang_blk, ddt, dtrap,
+    dt, trap, angles, dbn, dang, dang_later, ddt, dtrap,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr, HAS_ROT: tl.constexpr,
+    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
     """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the reverse cumsum of dtheta, in the
-    block and carried from later blocks."""
+    block and carried from later blocks (``dang_later``: their summed totals, from ``_block_suffix``)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
@@ -269,13 +290,7 @@ def _prologue_bwd_fix(
     if HAS_ROT:
         offs_j = tl.arange(0, NH)
         m_j = offs_j < R
-        offs_c = tl.arange(0, CB)
-        b_carry = tl.zeros([NH], dtype=tl.float32)
-        for c0 in range(i_t + 1, NT, CB):
-            blocks = c0 + offs_c
-            b_blk = tl.load(dang_blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :],
-                            mask=(blocks < NT)[:, None], other=0.0)  # fmt: skip
-            b_carry += tl.sum(b_blk, axis=0)
+        b_carry = tl.load(dang_later + (i_bh.to(tl.int64) * NT + i_t) * NH + offs_j)
         m_a = m_t[:, None] & m_j[None, :]
         a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
         b_a = tl.load(angles + a_offs, mask=m_a, other=0.0)
@@ -294,7 +309,7 @@ def _prologue_bwd_fix(
 
 def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     """Both launchers' set-up: the inputs (contiguous, fp32 side inputs; angles keep their strides, so a stride-0
-    head ``expand`` is read as is), the sizes ``(B, T, G, N, H, R, NT)`` and theta at the start of every T-block."""
+    head ``expand`` is read as is) and the sizes ``(B, T, G, N, H, R, NT)``."""
     _interpreter_compat()
     g, n = q.shape[2:]
     h, r = dt.shape[2], angles.shape[3]
@@ -307,9 +322,7 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
         q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), angles.to(f32),
     )  # fmt: skip
     b, t = q.shape[:2]
-    nt = triton.cdiv(t, LAUNCH_CONFIG["bt"])
-    carry = _theta_carries(inputs[2], inputs[6], n, LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"])
-    return inputs, (b, t, g, n, h, r, nt), carry
+    return inputs, (b, t, g, n, h, r, triton.cdiv(t, LAUNCH_CONFIG["bt"]))
 
 
 def _fast_trig() -> bool:
@@ -322,64 +335,83 @@ def _register_cap(maxnreg: int) -> dict[str, int]:
     return {"maxnreg": maxnreg} if maxnreg else {}
 
 
-def _theta_carries(dt: Tensor, angles: Tensor, n: int, bt: int, cb: int) -> Tensor:
-    """theta at the start of every T-block, ``[B, H, NT, N/2]`` fp32 (a 1-element dummy when R == 0)."""
+def theta_carry_shape(batch: int, seqlen: int, nheads: int, d_state: int, n_angles: int) -> tuple[int, ...]:
+    """Shape of theta at the start of every T-block, ``[B, H, NT, N/2]`` (NT from ``LAUNCH_CONFIG["bt"]``), which the
+    forward returns for the backward; ``(0,)`` without angles (nothing rotates)."""
+    if n_angles == 0:
+        return (0,)
+    return (batch, nheads, triton.cdiv(seqlen, LAUNCH_CONFIG["bt"]), d_state // 2)
+
+
+def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
+    """theta at the start of every T-block (:func:`theta_carry_shape`, fp32; empty when R == 0)."""
     b, t, h, r = angles.shape
-    if r == 0:
-        return dt.new_zeros(1)
-    nt = triton.cdiv(t, bt)
-    carry = dt.new_empty(b, h, nt, n // 2)
-    _theta_carry[(b * h,)](
-        dt, angles, carry, t, nt, *angles.stride(), H=h, R=r, NH=n // 2, BT=bt, CB=cb,
-        num_warps=LAUNCH_CONFIG["num_warps"],
-    )  # fmt: skip
+    carry = dt.new_empty(theta_carry_shape(b, t, h, n, r))
+    if r:
+        bt = LAUNCH_CONFIG["bt"]
+        _theta_carry[(b * h,)](
+            dt, angles, carry, t, carry.shape[2], *angles.stride(), H=h, R=r, NH=n // 2, BT=bt,
+            CB=LAUNCH_CONFIG["cb"], num_warps=LAUNCH_CONFIG["num_warps"],
+        )  # fmt: skip
     return carry
+
+
+def _carry_arg(carry: Tensor) -> Tensor:
+    """The kernels' carry pointer: the carries, or a 1-element dummy when R == 0 (never read)."""
+    return carry if carry.numel() else carry.new_zeros(1)
 
 
 def mamba3_prologue_fwd_triton(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
     out_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Returns (q~ ``[B, T, H, N]``, k~ w ``[B, T, H, N]`` in ``out_dtype``, diag ``[B, T, H]`` fp32)."""
-    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt), carry = _prepare(
-        q, k, dt, trap, q_bias, k_bias, angles
-    )
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Returns (q~ ``[B, T, H, N]``, k~ w ``[B, T, H, N]`` in ``out_dtype``, diag ``[B, T, H]`` fp32, and theta at the
+    start of every T-block (:func:`theta_carry_shape`, fp32), which the backward takes instead of rescanning T)."""
+    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt) = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
+    carry = _theta_carries(dt, angles, n)
     q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
     _prologue_fwd[(nt, b * g)](
-        q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag, t, nt, *angles.stride(),
+        q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), q_rot, k_w, diag, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
-    return q_rot, k_w, diag
+    return q_rot, k_w, diag, carry
 
 
 def mamba3_prologue_bwd_triton(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
-    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None,
+    dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None, carry: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns (dq, dk ``[B, T, G, N]`` in q's/k's dtype; ddt, dtrap ``[B, T, H]``, dq_bias, dk_bias ``[H, N]``,
-    dangles ``[B, T, H, R]`` in fp32; the op casts them to the inputs' dtypes)."""
-    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt), carry = _prepare(
-        q, k, dt, trap, q_bias, k_bias, angles
-    )
-    bt, cb = LAUNCH_CONFIG["bt"], LAUNCH_CONFIG["cb"]
+    dangles ``[B, T, H, R]`` in fp32; the op casts them to the inputs' dtypes). ``carry``: the forward's fourth
+    output, or None to recompute it."""
+    (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt) = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
+    if carry is None:
+        carry = _theta_carries(dt, angles, n)
+    elif carry.shape != theta_carry_shape(b, t, h, n, r) or carry.dtype != torch.float32:
+        raise ValueError(f"carry must be the forward's theta carries {theta_carry_shape(b, t, h, n, r)} fp32, got "
+                         f"{tuple(carry.shape)} {carry.dtype}")  # fmt: skip
+    bt = LAUNCH_CONFIG["bt"]
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
     ddiag = ddiag.float().contiguous() if ddiag is not None else None
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
     dang = dt.new_empty(b, t, h, r)
     dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
-    dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))
+    bias_part = dt.new_empty(2, b * nt, h, n)  # per-block partials of dq_bias, dk_bias: one reduction for both
     _prologue_bwd[(nt, b * g)](
-        q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag if ddiag is not None else dt,
-        dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
+        q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), dq_rot, dk_w, ddiag if ddiag is not None else dt,
+        dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, bias_part[0], bias_part[1], t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
+    if r:
+        _block_suffix[(b * h,)](dang_blk, nt, NH=n // 2, SB=SUFFIX_BLOCKS, num_warps=LAUNCH_CONFIG["num_warps"])
     _prologue_bwd_fix[(nt, b * h)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
-        H=h, R=r, NH=n // 2, BT=bt, CB=cb, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, R=r, NH=n // 2, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
-    return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
+    dq_bias, dk_bias = bias_part.sum(1)
+    return dq, dk, ddt, dtrap, dq_bias, dk_bias, dang
