@@ -34,6 +34,7 @@ GLA_GROUPS = {
     "fwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
     "bwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
     "fwd_output": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
+    "bwd_output_stage": dict(num_warps=[2, 4, 8], num_stages=[1, 2]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
 PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128],
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernel_configs.json"))
     ap.add_argument("--groups", nargs="+", default=None, metavar="NAME",
                     help="sweep only these groups "
-                         "(gla_fwd_states gla_fwd_output gla_bwd_states gla_bwd_dqkvg prologue)")
+                         "(gla_fwd_states gla_fwd_output gla_bwd_output_stage gla_bwd_states gla_bwd_dqkvg prologue)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from golf.kernels.ssm_scan import triton_chunk, triton_prologue

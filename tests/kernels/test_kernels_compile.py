@@ -24,8 +24,8 @@ COMPILE_ALL = textwrap.dedent('''
 
     from golf.kernels.ssm_scan import triton_chunk as tc, triton_prologue as tp
 
-    INTS = {"B", "T", "NT", "s_ab", "s_at", "s_ah", "s_ar", "s_vt", "s_zt"}
-    BF16 = {"q", "k", "v", "z", "y", "dy", "dz", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "hs", "u"}
+    INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_ar", "s_vt", "s_zt"}
+    BF16 = {"q", "k", "v", "z", "y", "dy", "dz", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "hs"}
 
     def compile_kernel(fn, constexprs, **options):
         sig = {}
@@ -53,11 +53,11 @@ COMPILE_ALL = textwrap.dedent('''
     compile_kernel(tp._block_suffix, dict(NH=32, SB=tp.SUFFIX_BLOCKS))
     gla = dict(H=16, N=64, P=64, BT=64, DOT_PREC="tf32")
     compile_kernel(tc._fwd_states, dict(gla, BV=64, HAS_H0=True))
-    for stage in (True, False):  # with the output stage's backward and without
-        compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True, HAS_SKIP=stage, HAS_Z=stage))
+    compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True))
     for stage in (True, False):  # with the output stage (Mamba-3) and without (the bare GLA core)
         compile_kernel(tc._fwd_output, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
         compile_kernel(tc._bwd_dqkvg, dict(gla, HAS_SKIP=stage))
+    compile_kernel(tc._bwd_output_stage, dict(H=16, P=64, BT=64, HAS_SKIP=True, HAS_Z=True))
 ''')
 
 

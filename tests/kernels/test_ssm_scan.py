@@ -250,15 +250,6 @@ def test_triton_gla_output_stage_terms_alone(with_skip, with_gate):
 
 
 @needs_triton
-def test_triton_gla_output_stage_split_over_programs(monkeypatch):
-    """The state walk split over P (BV < P): each program writes its part of dskip, summed after the kernel."""
-    from golf.kernels.ssm_scan import triton_chunk
-
-    monkeypatch.setitem(triton_chunk.LAUNCH_CONFIG, "bwd_states", dict(triton_chunk.LAUNCH_CONFIG["bwd_states"], bv=8))
-    _check_triton_gla(1, 40, 2, 16, 32, 16, True, True, output_stage=True)
-
-
-@needs_triton
 def test_triton_gla_reads_v_and_z_as_column_slices_without_a_copy():
     """The mixer's v and z are column slices of in_proj's output (row stride > H * P): the kernels read them in
     place."""

@@ -3,7 +3,7 @@
 Computes ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s + exp(G_t) h0 q_t``, the output
 ``y_t = (o_t + skip_t v_t) * silu(z_t)`` (skip and z optional; Mamba-3's diagonal correction and D skip are the one
 coefficient ``skip = D - diag``) and the final state (see ``reference.py`` for the math and
-:func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` / ``gated_output`` for the PyTorch twins). Four
+:func:`~golf.kernels.ssm_scan.reference.gla_chunked_reference` / ``gated_output`` for the PyTorch twins). Five
 kernels, fla-style (one sequential pass over chunks per (b, h) for the states, the rest parallel over chunks):
 
 forward
@@ -11,15 +11,14 @@ forward
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
      the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid (NT, B*H).
 backward (the chunk states come from the forward: saved, ``B T H P N / C`` elements, rather than recomputed)
-  3. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
-     With skip or gate it first does the output stage's backward of each chunk it walks: o's gradient
-     ``do = dy silu(z)`` (written for the next kernel), dz (from u), dskip.
-  4. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of one chunk; grid (NT, B*H).
+  3. ``_bwd_output_stage`` (with skip or gate): o's gradient ``do = dy silu(z)``, dz (from u), dskip; grid (NT, B*H).
+  4. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
+  5. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of one chunk; grid (NT, B*H).
 
 Measured on an H200 (B 32, T 1024, H 16, P = N = 64; ``benchmarks/RESULTS.md``): the output stage in the forward
-kernels and in the backward's state walk replace four Inductor kernels (0.27 ms). Recomputing o in the backward
-instead of saving u, or doing the output stage's backward inside ``_bwd_dqkvg``, cost more: both held the
-register-bound kernel's tiles longer (0.49 ms for ``_bwd_dqkvg`` instead of 0.27).
+kernels and a bandwidth-bound kernel of its own in the backward replace four Inductor kernels (0.27 ms) with 0.13 ms.
+Recomputing o in the backward instead of saving u, or doing the output stage's backward inside ``_bwd_dqkvg``, cost
+more: both held the register-bound kernel's tiles longer (0.49 ms for ``_bwd_dqkvg`` instead of 0.27).
 
 Layouts: q, k ``[B, T, H, N]``, y ``[B, T, H, P]`` (contiguous), v and z ``[B, T, H, P]`` at any row stride, log-decay
 ``[B, T, H]`` fp32, states ``[B, H, P, N]`` fp32. The log-decay cumsum is restarted in each chunk and kept in fp32;
@@ -126,16 +125,11 @@ def _fwd_output(
 
 @triton.jit
 def _bwd_states(
-    q, dy, g, v, skip, z, u, do, dz, dskip, dht, dhs, dh0,
-    B, T, NT, s_vt, s_zt,
+    q, do, g, dht, dhs, dh0,
+    T, NT,
     H: tl.constexpr, N: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    """Gradient of the state after every chunk (``dhs``) and of the initial state, walking the chunks backwards. With
-    an output stage (skip or gate) it does that stage's backward on the way: o's gradient ``do = dy silu(z)``
-    (written for ``_bwd_dqkvg``), dz from the u that the forward saved, and this program's part of
-    dskip = sum_p do v (``[P / BV, B, T, H]``). That work is parallel and bandwidth-bound, the chunk walk
-    latency-bound: together, its loads overlap the walk."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_bh64 = i_bh.to(tl.int64)
@@ -143,7 +137,7 @@ def _bwd_states(
     offs_n = tl.arange(0, N)
     offs_v = i_v * BV + tl.arange(0, BV)
     q += i_b * T * H * N + i_h * N
-    y_base = i_b * T * H * P + i_h * P
+    do += i_b * T * H * P + i_h * P
     g += i_b * T * H + i_h
     state_offs = offs_v[:, None] * N + offs_n[None, :]
     if HAS_DHT:
@@ -160,27 +154,43 @@ def _bwd_states(
         b_gc = tl.cumsum(b_g, axis=0)
         b_gl = tl.sum(b_g, axis=0)
         b_q = tl.load(q + rows[:, None] * (H * N) + offs_n[None, :], mask=m_t[:, None], other=0.0)
-        y_offs = y_base + rows[:, None] * (H * P) + offs_v[None, :]
-        b_do = tl.load(dy + y_offs, mask=m_t[:, None], other=0.0)
-        if HAS_SKIP or HAS_Z:
-            b_do = b_do.to(tl.float32)
-            if HAS_Z:
-                b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_v[None, :], mask=m_t[:, None],
-                              other=0.0).to(tl.float32)  # fmt: skip
-                b_sig = tl.sigmoid(b_z)
-                b_u = tl.load(u + y_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-                tl.store(dz + y_offs, (b_do * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
-                         mask=m_t[:, None])  # fmt: skip
-                b_do = b_do * b_z * b_sig
-            if HAS_SKIP:
-                b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_v[None, :],
-                              mask=m_t[:, None], other=0.0).to(tl.float32)  # fmt: skip
-                tl.store(dskip + i_v * B * T * H + i_b * T * H + i_h + rows * H, tl.sum(b_do * b_v, axis=1), mask=m_t)
-            b_do = b_do.to(do.dtype.element_ty)
-            tl.store(do + y_offs, b_do, mask=m_t[:, None])
+        b_do = tl.load(do + rows[:, None] * (H * P) + offs_v[None, :], mask=m_t[:, None], other=0.0)
         b_dow = (b_do * tl.exp(b_gc)[:, None]).to(b_q.dtype)
         b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_dow), b_q, input_precision=DOT_PREC)
     tl.store(dh0 + i_bh64 * P * N + state_offs, b_dh)
+
+
+@triton.jit
+def _bwd_output_stage(
+    v, skip, z, u, dy, do, dskip, dz,
+    T, s_vt, s_zt,
+    H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
+):  # fmt: skip
+    """Backward of ``y = u * silu(z)``, ``u = o + skip v``: do = dy silu(z) (o's gradient, read by the two kernels
+    below), dz from the u that the forward saved, dskip = sum_p do v. A kernel of its own: in ``_bwd_dqkvg`` the same
+    work cost 0.22 ms instead of this kernel's 0.10 (B 32, T 1024, H 16, P 64 on an H200: it is at bandwidth here,
+    while there it held the register-bound kernel's tiles longer)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    rows = i_t * BT + tl.arange(0, BT)
+    offs_p = tl.arange(0, P)
+    m_t = rows < T
+    vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
+    g_offs = i_b * T * H + i_h + rows * H
+    b_do = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    if HAS_Z:
+        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        b_sig = tl.sigmoid(b_z)
+        b_u = tl.load(u + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        tl.store(dz + vo_offs, (b_do * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
+                 mask=m_t[:, None])  # fmt: skip
+        b_do = b_do * b_z * b_sig
+    if HAS_SKIP:
+        b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None],
+                      other=0.0).to(tl.float32)  # fmt: skip
+        tl.store(dskip + g_offs, tl.sum(b_do * b_v, axis=1), mask=m_t)
+    tl.store(do + vo_offs, b_do.to(do.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -306,6 +316,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "fwd_output": {"num_warps": 4, "num_stages": 1},
+    "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
     "bwd_states": {"bv": 32, "num_warps": 4, "num_stages": 2},
     "bwd_dqkvg": {"num_warps": 4, "num_stages": 2},
 }
@@ -425,23 +436,27 @@ def gla_chunk_bwd_triton(
     elif hs.shape != (b, h, nt, p, n) or hs.dtype != k.dtype:
         raise ValueError(f"hs must be the forward's chunk states {(b, h, nt, p, n)} {k.dtype}, got {tuple(hs.shape)}")
     hs = hs.contiguous()
-    cfg = _config("bwd_states", p)
-    n_v = p // cfg["bv"]
-    # dskip sums over P: each of the n_v programs of a head writes its part, summed here when n_v > 1
-    dskip = None if v_skip is None else v_skip.new_empty(n_v, *v_skip.shape)
+    dskip = None if v_skip is None else torch.empty_like(v_skip)
     dz = None if gate is None else gate.new_empty(gate.shape)
-    do = torch.empty_like(dy) if v_skip is not None or gate is not None else dy
+    do = dy
+    if v_skip is not None or gate is not None:
+        do = torch.empty_like(dy)
+        cfg = _config("bwd_output_stage", p)
+        _bwd_output_stage[(nt, b * h)](
+            v, g if v_skip is None else v_skip, v if gate is None else gate, dy if gate is None else u.to(v.dtype),
+            dy, do, g if dskip is None else dskip, dy if dz is None else dz,
+            t, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
+            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    cfg = _config("bwd_states", p)
     dhs = torch.empty_like(hs)
     dh0 = q.new_empty(b, h, p, n, dtype=torch.float32)
-    _bwd_states[(n_v, b * h)](
-        q, dy, g, v, g if v_skip is None else v_skip, v if gate is None else gate, dy if gate is None else u.to(v.dtype),
-        do, dy if dz is None else dz, g if dskip is None else dskip, dht if dht is not None else dh0, dhs, dh0,
-        b, t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
-        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, HAS_SKIP=v_skip is not None,
-        HAS_Z=gate is not None, DOT_PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    _bwd_states[(p // cfg["bv"], b * h)](
+        q, do, g, dht if dht is not None else dh0, dhs, dh0, t, nt,
+        H=h, N=n, P=p, BT=chunk_size, BV=cfg["bv"], HAS_DHT=dht is not None, DOT_PREC=prec,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    if dskip is not None:
-        dskip = dskip[0] if n_v == 1 else dskip.sum(0)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), v.new_empty(v.shape)
     dg = torch.empty_like(g)
     cfg = _config("bwd_dqkvg", p)
