@@ -400,10 +400,10 @@ def mamba3_prologue_bwd_triton(
     ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
     dang = dt.new_empty(b, t, h, r)
     dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
-    bias_part = dt.new_empty(2, b * nt, h, n)  # per-block partials of dq_bias, dk_bias: one reduction for both
+    dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))  # per-block partials
     _prologue_bwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), dq_rot, dk_w, ddiag if ddiag is not None else dt,
-        dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, bias_part[0], bias_part[1], t, nt, *angles.stride(),
+        dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
@@ -413,5 +413,4 @@ def mamba3_prologue_bwd_triton(
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
         H=h, R=r, NH=n // 2, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
-    dq_bias, dk_bias = bias_part.sum(1)
-    return dq, dk, ddt, dtrap, dq_bias, dk_bias, dang
+    return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
