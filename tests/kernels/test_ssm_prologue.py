@@ -54,12 +54,14 @@ KERNEL_CASES = [
 @needs_triton
 @pytest.mark.parametrize("batch,seqlen,nheads,ngroups,d_state,n_angles", KERNEL_CASES)
 def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles, monkeypatch):
-    """Forward, and backward with the forward's theta carries (and, without ddiag, with them recomputed); the
-    block-suffix scan in steps of 2 blocks, so that it carries across steps at these short lengths."""
+    """Forward, and backward with the forward's theta carries (and, without ddiag, with them recomputed); the angle
+    block sums over 2 blocks per program and the block scans in steps of 2 blocks, so that both cross program and
+    step boundaries at these short lengths."""
     from golf.kernels.ssm_scan import triton_prologue
     from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton, mamba3_prologue_fwd_triton
 
-    monkeypatch.setattr(triton_prologue, "SUFFIX_BLOCKS", 2)
+    monkeypatch.setattr(triton_prologue, "SCAN_BLOCKS", 2)
+    monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "cb", 2)
     device = "cuda" if HAS_CUDA else "cpu"
     inputs = prologue_inputs(batch, seqlen, nheads, ngroups, d_state, n_angles, device=device)
     cot = random_cotangents(inputs, torch.float32)

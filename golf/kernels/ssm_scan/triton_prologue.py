@@ -9,9 +9,10 @@ Forward, per (b, t, h), in fp32 (math and PyTorch twin: ``mamba3_prologue_refere
 
 Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` tensor is 67 MB, the rest is small):
 
-* The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_carry`` (grid B*H, a loop over T
-  reading only dt and angles, CB T-blocks per step) writes theta at the start of every T-block of BT = 32 steps
-  (``[B, H, NT, N/2]`` fp32, 2 MB). The forward returns it and the backward reads it (not rescanned).
+* The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_block_sums`` (grid (NT/CB, B*H),
+  reading only dt and angles) sums dt * angles over every T-block of BT = 32 steps and ``_block_scan`` (grid B*H,
+  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, N/2]`` fp32, 2 MB). The
+  forward returns it and the backward reads it (not rescanned).
 * The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 1024 programs at the shape
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
@@ -19,7 +20,7 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
   no atomics, no per-head fp32 copies).
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
   cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the raw dtheta (into
-  the dangles buffer) and each block's total; ``_block_suffix`` turns the totals into the sum over the later blocks;
+  the dangles buffer) and each block's total; ``_block_scan`` turns the totals into the sum over the later blocks;
   ``_prologue_bwd_fix`` (grid NT, B*H) takes the in-block reverse cumsum, adds that sum, and the shifted trapezoid
   term (bn_t depends on step t+1, whose gradient crosses block edges). Two passes cost one extra read+write of the
   fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a sequential backward; the scan sits in the light
@@ -49,15 +50,15 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpretin
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_carry_shape"]
 
-# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per step of the carry loops; bwd_maxnreg: a
-# register cap for the backward, 0 = the compiler's choice; fast_trig: 1 = the GPU's approximate cos/sin, see
-# _cos_sin). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue, RESULTS.md): 4 warps for
-# the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the approximate trig saves a
-# further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels.
+# Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per program of the angle block sums;
+# bwd_maxnreg: a register cap for the backward, 0 = the compiler's choice; fast_trig: 1 = the GPU's approximate
+# cos/sin, see _cos_sin). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue,
+# RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the
+# approximate trig saves a further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels.
 LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "bwd_num_warps": 4, "bwd_maxnreg": 0,
                                  "fast_trig": 1}
-# T-blocks per step of ``_block_suffix`` (one or two steps at T 4096, BT 32).
-SUFFIX_BLOCKS = 64
+# T-blocks per step of ``_block_scan`` (one or two steps at T 4096, BT 32).
+SCAN_BLOCKS = 64
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,29 +67,47 @@ SUFFIX_BLOCKS = 64
 
 
 @triton.jit
-def _theta_carry(
-    dt, angles, carry,
+def _theta_block_sums(
+    dt, angles, blk,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr,
 ):  # fmt: skip
-    """carry[b, h, c, j] = sum of dt * angles[..., j] over the steps before T-block c (0 for j >= R)."""
-    i_bh = tl.program_id(0)
+    """blk[b, h, c, j] = sum of dt * angles[..., j] over T-block c (0 for j >= R), CB blocks per program;
+    ``_block_scan`` then turns the sums into theta at every block's start."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     offs_j = tl.arange(0, NH)
-    m_j = offs_j < R
-    offs_c = tl.arange(0, CB)
-    offs_r = tl.arange(0, CB * BT)
+    rows = i_c * CB * BT + tl.arange(0, CB * BT)
+    m_t = rows < T
+    b_dt = tl.load(dt + (i_b * T + rows) * H + i_h, mask=m_t, other=0.0)
+    a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+    b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
+    b_blk = tl.sum(tl.reshape(b_dt[:, None] * b_a, [CB, BT, NH]), axis=1)
+    blocks = i_c * CB + tl.arange(0, CB)
+    tl.store(blk + (i_bh.to(tl.int64) * NT + blocks[:, None]) * NH + offs_j[None, :], b_blk,
+             mask=(blocks < NT)[:, None])  # fmt: skip
+
+
+@triton.jit
+def _block_scan(blk, NT, NH: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr):
+    """In place, per (b, h), over the T-blocks of ``[B, H, NT, NH]`` block totals: the exclusive scan, i.e. the sum
+    over the earlier blocks (theta at each block's start) or, with REVERSE, over the later ones (the angle
+    gradient carried into a block). SB blocks per step, so one or two steps at T 4096, BT 32: the T-parallel kernels
+    read their carry as one vector instead of walking T (a loop over the later blocks in every program of the
+    backward's fix kernel was quadratic in T; a walk over T per (b, h) in the forward left most SMs idle)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    offs_j = tl.arange(0, NH)
+    offs_c = tl.arange(0, SB)
     b_carry = tl.zeros([NH], dtype=tl.float32)
-    for c0 in range(0, NT, CB):
-        rows = c0 * BT + offs_r
-        m_t = rows < T
-        b_dt = tl.load(dt + (i_b * T + rows) * H + i_h, mask=m_t, other=0.0)
-        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
-        b_a = tl.load(angles + a_offs, mask=m_t[:, None] & m_j[None, :], other=0.0)
-        b_blk = tl.sum(tl.reshape(b_dt[:, None] * b_a, [CB, BT, NH]), axis=1)  # (CB, NH) block sums
-        b_start = tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :]
-        blocks = c0 + offs_c
-        tl.store(carry + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :], b_start, mask=(blocks < NT)[:, None])
+    for c0 in range(0, NT, SB):
+        if REVERSE:
+            blocks = NT - 1 - c0 - offs_c
+        else:
+            blocks = c0 + offs_c
+        m_c = ((blocks >= 0) & (blocks < NT))[:, None]
+        ptrs = blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :]
+        b_blk = tl.load(ptrs, mask=m_c, other=0.0)
+        tl.store(ptrs, tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :], mask=m_c)
         b_carry += tl.sum(b_blk, axis=0)
 
 
@@ -252,31 +271,13 @@ def _prologue_bwd(
 
 
 @triton.jit
-def _block_suffix(blk, NT, NH: tl.constexpr, SB: tl.constexpr):
-    """In place, per (b, h): ``blk[c] <- sum of blk[c'] for c' > c`` over the T-blocks (``[B, H, NT, NH]``), SB
-    blocks per step from the last, so the fix kernel reads its carry as one vector (looping over the later blocks in
-    every program was quadratic in NT)."""
-    i_bh = tl.program_id(0).to(tl.int64)
-    offs_j = tl.arange(0, NH)
-    offs_c = tl.arange(0, SB)
-    b_carry = tl.zeros([NH], dtype=tl.float32)
-    for c0 in range(0, NT, SB):
-        blocks = NT - 1 - c0 - offs_c  # descending
-        m_c = (blocks >= 0)[:, None]
-        ptrs = blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :]
-        b_blk = tl.load(ptrs, mask=m_c, other=0.0)
-        tl.store(ptrs, tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :], mask=m_c)
-        b_carry += tl.sum(b_blk, axis=0)
-
-
-@triton.jit
 def _prologue_bwd_fix(
     dt, trap, angles, dbn, dang, dang_later, ddt, dtrap,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
     """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the reverse cumsum of dtheta, in the
-    block and carried from later blocks (``dang_later``: their summed totals, from ``_block_suffix``)."""
+    block and carried from later blocks (``dang_later``: their summed totals, from ``_block_scan``)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
@@ -348,11 +349,12 @@ def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
     b, t, h, r = angles.shape
     carry = dt.new_empty(theta_carry_shape(b, t, h, n, r))
     if r:
-        bt = LAUNCH_CONFIG["bt"]
-        _theta_carry[(b * h,)](
-            dt, angles, carry, t, carry.shape[2], *angles.stride(), H=h, R=r, NH=n // 2, BT=bt,
-            CB=LAUNCH_CONFIG["cb"], num_warps=LAUNCH_CONFIG["num_warps"],
+        nt, cb = carry.shape[2], LAUNCH_CONFIG["cb"]
+        _theta_block_sums[(triton.cdiv(nt, cb), b * h)](
+            dt, angles, carry, t, nt, *angles.stride(), H=h, R=r, NH=n // 2, BT=LAUNCH_CONFIG["bt"], CB=cb,
+            num_warps=LAUNCH_CONFIG["num_warps"],
         )  # fmt: skip
+        _block_scan[(b * h,)](carry, nt, NH=n // 2, SB=SCAN_BLOCKS, REVERSE=False, num_warps=LAUNCH_CONFIG["num_warps"])
     return carry
 
 
@@ -408,7 +410,8 @@ def mamba3_prologue_bwd_triton(
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
     if r:
-        _block_suffix[(b * h,)](dang_blk, nt, NH=n // 2, SB=SUFFIX_BLOCKS, num_warps=LAUNCH_CONFIG["num_warps"])
+        _block_scan[(b * h,)](dang_blk, nt, NH=n // 2, SB=SCAN_BLOCKS, REVERSE=True,
+                              num_warps=LAUNCH_CONFIG["num_warps"])  # fmt: skip
     _prologue_bwd_fix[(nt, b * h)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
         H=h, R=r, NH=n // 2, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
