@@ -113,19 +113,16 @@ def _block_scan(blk, NT, NH: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constex
 
 @triton.jit
 def _qk_block(q, k, T, G: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
-    """This program's T-block of one (b, group): ids, the block's first row, rows and their mask, q/k offsets (an
-    int64 scalar base plus an int32 tile: int64 tiles cost two registers per element) and q, k (BT, N) as loaded."""
+    """This program's T-block of one (b, group): ids, rows and their mask, q/k offsets, and q, k in fp32 (BT, N)."""
     i_t, i_bg = tl.program_id(0), tl.program_id(1)
     i_b, i_g = (i_bg // G).to(tl.int64), i_bg % G
-    t0 = i_t * BT
-    offs_t = tl.arange(0, BT)
-    m_t = t0 + offs_t < T
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
     offs_n = tl.arange(0, N)
-    qk_base = ((i_b * T + t0) * G + i_g) * N
-    qk_tile = offs_t[:, None] * (G * N) + offs_n[None, :]
-    b_q = tl.load(q + qk_base + qk_tile, mask=m_t[:, None], other=0.0)  # input dtype: fp32 once the bias is added
-    b_k = tl.load(k + qk_base + qk_tile, mask=m_t[:, None], other=0.0)
-    return i_t, i_b, i_g, t0, offs_t, m_t, offs_n, qk_base, qk_tile, b_q, b_k
+    qk_offs = ((i_b * T + rows) * G + i_g)[:, None] * N + offs_n[None, :]
+    b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+    return i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k
 
 
 @triton.jit
@@ -146,25 +143,22 @@ def _cos_sin(theta, FAST: tl.constexpr):
 
 @triton.jit
 def _head_step(
-    dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, t0, offs_t, m_t, T, NT,
-    s_ab, s_at, s_ah, s_ar,
+    dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
     FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
-    """One head's inputs on the block: the int64 index of (b, t0, h) in ``[B, T, H]``, dt, trap,
-    bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the biased q, k and the trapezoid weight w."""
+    """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
+    biased q, k and the trapezoid weight w."""
     NH: tl.constexpr = N // 2
-    hb = (i_b * T + t0) * H + i_h
-    offs = offs_t * H
-    b_dt = tl.load(dt + hb + offs, mask=m_t, other=0.0)
-    b_trap = tl.load(trap + hb + offs, mask=m_t, other=0.0)
-    m_n = t0 + offs_t + 1 < T
-    b_bn = (1.0 - tl.load(trap + hb + H + offs, mask=m_n, other=1.0)) * tl.load(dt + hb + H + offs, mask=m_n, other=0.0)
+    offs = (i_b * T + rows) * H + i_h
+    b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
+    b_trap = tl.load(trap + offs, mask=m_t, other=0.0)
+    m_n = rows + 1 < T
+    b_bn = (1.0 - tl.load(trap + offs + H, mask=m_n, other=1.0)) * tl.load(dt + offs + H, mask=m_n, other=0.0)
     offs_j = tl.arange(0, NH)
     if HAS_ROT:
-        a_base = i_b * s_ab + t0 * s_at + i_h * s_ah
-        b_a = tl.load(angles + a_base + offs_t[:, None] * s_at + offs_j[None, :] * s_ar,
-                      mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)  # fmt: skip
+        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+        b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
         b_c0 = tl.load(carry + ((i_b * H + i_h) * NT + i_t) * NH + offs_j)
         b_theta = tl.cumsum(b_dt[:, None] * b_a, axis=0) + b_c0[None, :]
         b_cos, b_sin = _cos_sin(b_theta, FAST_TRIG)
@@ -173,7 +167,7 @@ def _head_step(
         b_sin = tl.zeros([BT, NH], dtype=tl.float32)
     b_qb = b_q + tl.load(q_bias + i_h * N + offs_n)[None, :]
     b_kb = b_k + tl.load(k_bias + i_h * N + offs_n)[None, :]
-    return hb, b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_trap * b_dt + b_bn
+    return b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_trap * b_dt + b_bn
 
 
 @triton.jit
@@ -200,20 +194,21 @@ def _prologue_fwd(
 ):  # fmt: skip
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, t0, offs_t, m_t, offs_n, _qk_base, _qk_tile, b_q, b_k = _qk_block(q, k, T, G, N, BT)
-    out_tile = offs_t[:, None] * (H * N) + offs_n[None, :]
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     for i in range(HPG):
         i_h = i_g * HPG + i
-        hb, _dt, _trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, t0, offs_t, m_t, T, NT,
+        _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
         b_qr, b_kr = b_qb, b_kb
         if HAS_ROT:
             b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
-        tl.store(q_rot + hb * N + out_tile, b_qr.to(q_rot.dtype.element_ty), mask=m_t[:, None])
-        tl.store(k_w + hb * N + out_tile, (b_kr * b_w[:, None]).to(k_w.dtype.element_ty), mask=m_t[:, None])
-        tl.store(diag + hb + offs_t * H, b_bn * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+        offs = (i_b * T + rows) * H + i_h
+        out_offs = offs[:, None] * N + offs_n[None, :]
+        tl.store(q_rot + out_offs, b_qr.to(q_rot.dtype.element_ty), mask=m_t[:, None])
+        tl.store(k_w + out_offs, (b_kr * b_w[:, None]).to(k_w.dtype.element_ty), mask=m_t[:, None])
+        tl.store(diag + offs, b_bn * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
 
 
 @triton.jit
@@ -229,64 +224,50 @@ def _prologue_bwd(
     bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
-    i_t, i_b, i_g, t0, offs_t, m_t, offs_n, qk_base, qk_tile, b_q, b_k = _qk_block(q, k, T, G, N, BT)
+    i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
     offs_j = tl.arange(0, NH)
     m_j = offs_j < R
-    g_tile = offs_t[:, None] * (H * N) + offs_n[None, :]
     b_dq = tl.zeros([BT, N], dtype=tl.float32)
     b_dk = tl.zeros([BT, N], dtype=tl.float32)
-    # Registers bound this kernel (one live (BT, N) fp32 tile is 16 registers per thread at 4 warps): it is written in
-    # phases, q's gradients then k's, so that few tiles are alive at once, with int32 tile offsets.
     for i in range(HPG):
         i_h = i_g * HPG + i
-        hb, b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
-            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, t0, offs_t, m_t, T, NT,
+        b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
+            dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
             s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
-        offs = offs_t * H
-        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
+        offs = (i_b * T + rows) * H + i_h
+        g_offs = offs[:, None] * N + offs_n[None, :]
+        b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
         if HAS_DDIAG:
-            b_gd = tl.load(ddiag + hb + offs, mask=m_t, other=0.0)
+            b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
         else:
             b_gd = tl.zeros([BT], dtype=tl.float32)
-        b_gdbn = b_gd * b_bn
-        b_dbn = b_gd * tl.sum(b_qb * b_kb, axis=1)
-        # q: dtheta from q, dq
-        b_gq = tl.load(dq_rot + hb * N + g_tile, mask=m_t[:, None], other=0.0).to(tl.float32)
-        if HAS_ROT:
-            b_dth = _pair_cross(b_gq, _rot(b_qb, b_cos, b_sin, BT, NH), BT, NH)
-            b_dqb = _rot(b_gq, b_cos, -b_sin, BT, NH)  # transposed rotation (by -theta)
-        else:
-            b_dqb = b_gq
-        b_dqb += b_gdbn[:, None] * b_kb
-        b_dq += b_dqb
-        tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
-        # k: dw, dtheta from k, dk
-        b_gk = tl.load(dk_w + hb * N + g_tile, mask=m_t[:, None], other=0.0).to(tl.float32)
-        if HAS_ROT:
-            b_kr = _rot(b_kb, b_cos, b_sin, BT, NH)
-        else:
-            b_kr = b_kb
-        b_dw = tl.sum(b_gk * b_kr, axis=1)
         b_gkr = b_gk * b_w[:, None]  # gradient of the rotated k
         if HAS_ROT:
-            b_dth += _pair_cross(b_gkr, b_kr, BT, NH)
-            b_dkb = _rot(b_gkr, b_cos, -b_sin, BT, NH)
-        else:
-            b_dkb = b_gkr
-        b_dkb += b_gdbn[:, None] * b_qb
-        b_dk += b_dkb
-        tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
-        tl.store(ddt + hb + offs, b_dw * b_trap, mask=m_t)
-        tl.store(dtrap + hb + offs, b_dw * b_dt, mask=m_t)
-        tl.store(dbn + hb + offs, b_dbn + b_dw, mask=m_t)
-        if HAS_ROT:
+            b_qr, b_kr = _rot(b_qb, b_cos, b_sin, BT, NH), _rot(b_kb, b_cos, b_sin, BT, NH)
+            # transposed rotation (by -theta) of the gradients
+            b_dqb, b_dkb = _rot(b_gq, b_cos, -b_sin, BT, NH), _rot(b_gkr, b_cos, -b_sin, BT, NH)
+            b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
-            tl.store(dang + hb * R + offs_t[:, None] * (H * R) + offs_j[None, :], b_dth,
-                     mask=m_t[:, None] & m_j[None, :])  # fmt: skip
+            tl.store(dang + offs[:, None] * R + offs_j[None, :], b_dth, mask=m_t[:, None] & m_j[None, :])
             tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
-    tl.store(dq + qk_base + qk_tile, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
-    tl.store(dk + qk_base + qk_tile, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+        else:
+            b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
+        b_dw = tl.sum(b_gk * b_kr, axis=1)
+        b_gdbn = b_gd * b_bn
+        b_dqb += b_gdbn[:, None] * b_kb
+        b_dkb += b_gdbn[:, None] * b_qb
+        b_dq += b_dqb
+        b_dk += b_dkb
+        tl.store(ddt + offs, b_dw * b_trap, mask=m_t)
+        tl.store(dtrap + offs, b_dw * b_dt, mask=m_t)
+        tl.store(dbn + offs, b_dw + b_gd * tl.sum(b_qb * b_kb, axis=1), mask=m_t)
+        bias_offs = ((i_b * NT + i_t) * H + i_h) * N + offs_n
+        tl.store(dq_bias + bias_offs, tl.sum(b_dqb, axis=0))
+        tl.store(dk_bias + bias_offs, tl.sum(b_dkb, axis=0))
+    tl.store(dq + qk_offs, b_dq.to(dq.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dk + qk_offs, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
