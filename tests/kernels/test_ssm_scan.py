@@ -250,6 +250,16 @@ def test_triton_gla_output_stage_terms_alone(with_skip, with_gate):
 
 
 @needs_triton
+def test_triton_gla_state_kernels_split_over_p(monkeypatch):
+    """The sequential state kernels with P split over programs (bv < P; the shipped bv covers P at these sizes)."""
+    from golf.kernels.ssm_scan import triton_chunk
+
+    for name in ("fwd_states", "bwd_states"):
+        monkeypatch.setitem(triton_chunk.LAUNCH_CONFIG, name, dict(triton_chunk.LAUNCH_CONFIG[name], bv=8))
+    _check_triton_gla(1, 40, 2, 16, 32, 16, True, True, output_stage=True)
+
+
+@needs_triton
 def test_triton_gla_reads_v_and_z_as_column_slices_without_a_copy():
     """The mixer's v and z are column slices of in_proj's output (row stride > H * P): the kernels read them in
     place."""

@@ -311,13 +311,14 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-# Launch parameters per kernel (hand-picked on H100 for N = P = 64, chunk 64; see benchmarks/ssm_kernel.py).
-# "bv": P-tile of the sequential state kernels (more programs for the serial chunk loop).
+# Launch parameters per kernel for N = P = 64, chunk 64, swept in GPU time on an H200 (benchmarks/kernel_configs.py,
+# RESULTS.md). "bv": P-tile of the sequential state kernels (more programs for the serial chunk loop; the backward's
+# walk is 0.019 ms faster at B 32, T 1024 with one 64-wide program per head than with two, and equal at B 8, T 4096).
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "fwd_output": {"num_warps": 4, "num_stages": 1},
     "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
-    "bwd_states": {"bv": 32, "num_warps": 4, "num_stages": 2},
+    "bwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "bwd_dqkvg": {"num_warps": 4, "num_stages": 2},
 }
 
