@@ -37,8 +37,11 @@ GLA_GROUPS = {
     "bwd_output_stage": dict(num_warps=[2, 4, 8], num_stages=[1, 2]),
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4, 8], bwd_num_warps=[4, 8], bwd_maxnreg=[0, 128],
-                      fast_trig=[0, 1])
+# fast_trig 0 and the register cap did not win in the fourth session's sweep or the sixth session's A/B (RESULTS.md):
+# they stay launch settings (ssm_kernel.py --launch) but leave the sweep, which now also tries 1- and 2-warp heavy
+# kernels (one warp has no block-wide barriers at the per-head reductions and scans).
+PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4], fwd_num_warps=[1, 2, 4], bwd_num_warps=[1, 2, 4, 8],
+                      bwd_maxnreg=[0], fast_trig=[1])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:

@@ -51,12 +51,14 @@ from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpretin
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_carry_shape"]
 
 # Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per program of the angle block sums;
-# bwd_maxnreg: a register cap for the backward, 0 = the compiler's choice; fast_trig: 1 = the GPU's approximate
-# cos/sin, see _cos_sin). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue,
-# RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the
-# approximate trig saves a further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "bwd_num_warps": 4, "bwd_maxnreg": 0,
-                                 "fast_trig": 1}
+# num_warps: the light kernels (block sums and scans, the backward's fix kernel); fwd_num_warps / bwd_num_warps: the
+# forward and backward heavy kernels; bwd_maxnreg: a register cap for the backward, 0 = the compiler's choice;
+# fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin). Measured in GPU time on an H200
+# (benchmarks/kernel_configs.py --groups prologue, RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program
+# per SM stalls at every in-block reduction), the approximate trig saves a further ~0.09 ms per backward at B 8,
+# T 4096, and 2 warps suit the light kernels and the forward.
+LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "fwd_num_warps": 2, "bwd_num_warps": 4,
+                                 "bwd_maxnreg": 0, "fast_trig": 1}
 # T-blocks per step of ``_block_scan`` (one or two steps at T 4096, BT 32).
 SCAN_BLOCKS = 64
 
@@ -377,7 +379,7 @@ def mamba3_prologue_fwd_triton(
     _prologue_fwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), q_rot, k_w, diag, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
-        num_warps=LAUNCH_CONFIG["num_warps"],
+        num_warps=LAUNCH_CONFIG["fwd_num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag, carry
 
