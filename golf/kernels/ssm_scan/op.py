@@ -83,8 +83,9 @@ def _gla_gated_fwd(
             return gla_chunk_fwd_triton(q, k, v, log_decay, initial_state, chunk_size, v_skip, gate)
     with torch.no_grad():
         o, states = gla_chunked_with_states(q, k, v, log_decay, initial_state, chunk_size)
-        y = gated_output(o, v, v_skip, gate)
-        u = skip_output(o, v, v_skip).to(v.dtype) if gate is not None else v.new_empty(0)
+        u = skip_output(o, v, v_skip)
+        y = gated_output(u, v, None, gate)
+        u = u.to(v.dtype) if gate is not None else v.new_empty(0)
     ht, hs = states[:, :, -1].float(), states[:, :, :-1].to(k.dtype)
     return y.contiguous(), ht.contiguous(), u.contiguous(), hs.contiguous()
 
@@ -247,14 +248,14 @@ def _mamba3_prologue_bwd(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
     dq_rot: Tensor, dk_w: Tensor, ddiag: Tensor | None, carry: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients of the seven inputs; ``carry`` is the forward's fourth output (the Triton path reads it, or rescans
-    T when it is empty; the reference ignores it)."""
+    """Gradients of the seven inputs; ``carry`` is the forward's fourth output (the Triton path reads it, the
+    reference ignores it)."""
     inputs = (q, k, dt, trap, q_bias, k_bias, angles)
     if _prologue_on_triton(*inputs, dq_rot, dk_w):
         from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton
 
         with torch.cuda.device(q.device):
-            grads = mamba3_prologue_bwd_triton(*inputs, dq_rot, dk_w, ddiag, carry if carry.numel() else None)
+            grads = mamba3_prologue_bwd_triton(*inputs, dq_rot, dk_w, ddiag, carry)
     else:
         grads = mamba3_prologue_reference_bwd(*inputs, dq_rot, dk_w, ddiag)
     return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, inputs))

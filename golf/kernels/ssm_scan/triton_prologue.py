@@ -360,11 +360,6 @@ def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
     return carry
 
 
-def _carry_arg(carry: Tensor) -> Tensor:
-    """The kernels' carry pointer: the carries, or a 1-element dummy when R == 0 (never read)."""
-    return carry if carry.numel() else carry.new_zeros(1)
-
-
 def mamba3_prologue_fwd_triton(
     q: Tensor, k: Tensor, dt: Tensor, trap: Tensor, q_bias: Tensor, k_bias: Tensor, angles: Tensor,
     out_dtype: torch.dtype,
@@ -377,7 +372,7 @@ def mamba3_prologue_fwd_triton(
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
     _prologue_fwd[(nt, b * g)](
-        q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), q_rot, k_w, diag, t, nt, *angles.stride(),
+        q, k, dt, trap, q_bias, k_bias, angles, carry if r else dt, q_rot, k_w, diag, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["fwd_num_warps"],
     )  # fmt: skip
@@ -406,7 +401,7 @@ def mamba3_prologue_bwd_triton(
     dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
     dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))  # per-block partials
     _prologue_bwd[(nt, b * g)](
-        q, k, dt, trap, q_bias, k_bias, angles, _carry_arg(carry), dq_rot, dk_w, ddiag if ddiag is not None else dt,
+        q, k, dt, trap, q_bias, k_bias, angles, carry if r else dt, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
