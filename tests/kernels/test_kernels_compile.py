@@ -45,7 +45,8 @@ COMPILE_ALL = textwrap.dedent('''
         compile_kernel(tp._prologue_fwd, pro)
         compile_kernel(tp._prologue_bwd, dict(pro, HAS_DDIAG=True))
         compile_kernel(tp._prologue_bwd, dict(pro, HAS_DDIAG=True), num_warps=8, maxnreg=128)  # bwd_maxnreg
-        compile_kernel(tp._prologue_bwd_fix, dict(H=16, R=16, NH=32, BT=32, HAS_ROT=rot))
+        for hb in (1, 4):
+            compile_kernel(tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, NH=32, BT=32, HB=hb, HAS_ROT=rot))
     fast = dict(shape, G=1, R=16, HAS_ROT=True, FAST_TRIG=True)  # fast_trig: inline PTX, never run by the interpreter
     compile_kernel(tp._prologue_fwd, fast)
     compile_kernel(tp._prologue_bwd, dict(fast, HAS_DDIAG=True))
@@ -67,4 +68,4 @@ def test_every_triton_kernel_compiles_for_sm90():
     proc = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error" in line]
     assert proc.returncode == 0, "\n".join(errors[-5:]) or proc.stderr[-2000:]
-    assert proc.stdout.count("compiled") == 20, proc.stdout
+    assert proc.stdout.count("compiled") == 22, proc.stdout

@@ -48,6 +48,7 @@ KERNEL_CASES = [
     pytest.param(2, 130, 3, 3, 16, 8, id="B2-T130-GH-N16-R8"),
     pytest.param(1, 70, 3, 1, 16, 0, id="B1-T70-G1-N16-R0"),
     pytest.param(2, 97, 3, 3, 8, 1, id="B2-T97-GH-N8-R1"),
+    pytest.param(2, 70, 4, 1, 16, 5, id="B2-T70-H4-G1-N16-R5"),  # 4 heads: the fix kernel takes them in one program
 ]
 
 
@@ -56,12 +57,13 @@ KERNEL_CASES = [
 def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles, monkeypatch):
     """Forward, and backward with the forward's theta carries (and, without ddiag, with them recomputed); the angle
     block sums over 2 blocks per program and the block scans in steps of 2 blocks, so that both cross program and
-    step boundaries at these short lengths."""
+    step boundaries at these short lengths; the fix kernel with two heads per program where H allows."""
     from golf.kernels.ssm_scan import triton_prologue
     from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton, mamba3_prologue_fwd_triton
 
     monkeypatch.setattr(triton_prologue, "SCAN_BLOCKS", 2)
     monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "cb", 2)
+    monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "fix_heads", 2)  # H 4: two programs of two heads
     device = "cuda" if HAS_CUDA else "cpu"
     inputs = prologue_inputs(batch, seqlen, nheads, ngroups, d_state, n_angles, device=device)
     cot = random_cotangents(inputs, torch.float32)

@@ -21,7 +21,7 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
 * Angle gradient: ``dtheta = g1 y0 - g0 y1`` per rotated pair (q and k contributions), then dangles = dt * (reverse
   cumsum over T of dtheta) and ddt += sum_r angles * (reverse cumsum). ``_prologue_bwd`` writes the raw dtheta (into
   the dangles buffer) and each block's total; ``_block_scan`` turns the totals into the sum over the later blocks;
-  ``_prologue_bwd_fix`` (grid NT, B*H) takes the in-block reverse cumsum, adds that sum, and the shifted trapezoid
+  ``_prologue_bwd_fix`` (grid NT, B*H/HB) takes the in-block reverse cumsum, adds that sum, and the shifted trapezoid
   term (bn_t depends on step t+1, whose gradient crosses block edges). Two passes cost one extra read+write of the
   fp32 ``[B, T, H, R]`` buffer (34 MB each way at R = 16) and avoid a sequential backward; the scan sits in the light
   kernel because the heavy one, which loops over the heads, paid for it in every head (measured:
@@ -41,6 +41,8 @@ this replaces (bias, rotation, angle cumsums, forward + backward).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -53,12 +55,13 @@ __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_ca
 # Launch parameters (BT: T-block of the parallel kernels; CB: T-blocks per program of the angle block sums;
 # num_warps: the light kernels (block sums and scans, the backward's fix kernel); fwd_num_warps / bwd_num_warps: the
 # forward and backward heavy kernels; bwd_maxnreg: a register cap for the backward, 0 = the compiler's choice;
-# fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin). Measured in GPU time on an H200
-# (benchmarks/kernel_configs.py --groups prologue, RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program
-# per SM stalls at every in-block reduction), the approximate trig saves a further ~0.09 ms per backward at B 8,
-# T 4096, and 2 warps suit the light kernels and the forward.
+# fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin; fix_heads: heads per program of the fix kernel, a power
+# of 2, capped to gcd(H, fix_heads)). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue,
+# RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the
+# approximate trig saves a further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels and the
+# forward. fix_heads 4: not yet measured.
 LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "fwd_num_warps": 2, "bwd_num_warps": 4,
-                                 "bwd_maxnreg": 0, "fast_trig": 1}
+                                 "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 4}
 # T-blocks per step of ``_block_scan`` (one or two steps at T 4096, BT 32).
 SCAN_BLOCKS = 64
 
@@ -276,31 +279,36 @@ def _prologue_bwd(
 def _prologue_bwd_fix(
     dt, trap, angles, dbn, dang, dang_later, ddt, dtrap,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+    H: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HB: tl.constexpr,
+    HAS_ROT: tl.constexpr,
 ):  # fmt: skip
     """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the reverse cumsum of dtheta, in the
-    block and carried from later blocks (``dang_later``: their summed totals, from ``_block_scan``)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    block and carried from later blocks (``dang_later``: their summed totals, from ``_block_scan``). HB adjacent heads
+    per program, so that each row of the ``[B, T, H]`` and ``[B, T, H, R]`` buffers is read as HB (x R) contiguous
+    values rather than one head's 4 bytes; the angle axis padded to RP, the power of 2 >= R (``dang_later`` rows are
+    NH = N/2 long)."""
+    i_t, i_bg = tl.program_id(0), tl.program_id(1)
+    i_b, i_g = (i_bg // (H // HB)).to(tl.int64), i_bg % (H // HB)
     rows = i_t * BT + tl.arange(0, BT)
-    m_t = rows < T
-    offs = (i_b * T + rows) * H + i_h
+    m_t = (rows < T)[:, None]
+    offs_h = i_g * HB + tl.arange(0, HB)
+    offs = (i_b * T + rows)[:, None] * H + offs_h[None, :]  # (BT, HB)
     b_dt = tl.load(dt + offs, mask=m_t, other=0.0)
     b_trap = tl.load(trap + offs, mask=m_t, other=0.0)
-    b_dbn_prev = tl.load(dbn + offs - H, mask=m_t & (rows > 0), other=0.0)
+    b_dbn_prev = tl.load(dbn + offs - H, mask=m_t & (rows > 0)[:, None], other=0.0)
     b_ddt = tl.load(ddt + offs, mask=m_t, other=0.0) + b_dbn_prev * (1.0 - b_trap)
     b_dtrap = tl.load(dtrap + offs, mask=m_t, other=0.0) - b_dbn_prev * b_dt
     if HAS_ROT:
-        offs_j = tl.arange(0, NH)
-        m_j = offs_j < R
-        b_carry = tl.load(dang_later + (i_bh.to(tl.int64) * NT + i_t) * NH + offs_j)
-        m_a = m_t[:, None] & m_j[None, :]
-        a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
+        offs_j = tl.arange(0, RP)
+        m_a = m_t[:, :, None] & (offs_j < R)[None, None, :]  # (BT, 1, RP)
+        b_carry = tl.load(dang_later + ((i_b * H + offs_h)[:, None] * NT + i_t) * NH + offs_j[None, :])  # (HB, RP)
+        a_offs = (i_b * s_ab + rows[:, None, None] * s_at + offs_h[None, :, None] * s_ah
+                  + offs_j[None, None, :] * s_ar)  # fmt: skip
         b_a = tl.load(angles + a_offs, mask=m_a, other=0.0)
-        g_offs = offs[:, None] * R + offs_j[None, :]
-        b_rc = tl.cumsum(tl.load(dang + g_offs, mask=m_a, other=0.0), axis=0, reverse=True) + b_carry[None, :]
-        b_ddt += tl.sum(b_rc * b_a, axis=1)
-        tl.store(dang + g_offs, b_dt[:, None] * b_rc, mask=m_a)
+        g_offs = offs[:, :, None] * R + offs_j[None, None, :]
+        b_rc = tl.cumsum(tl.load(dang + g_offs, mask=m_a, other=0.0), axis=0, reverse=True) + b_carry[None, :, :]
+        b_ddt += tl.sum(b_rc * b_a, axis=2)
+        tl.store(dang + g_offs, b_dt[:, :, None] * b_rc, mask=m_a)
     tl.store(ddt + offs, b_ddt, mask=m_t)
     tl.store(dtrap + offs, b_dtrap, mask=m_t)
 
@@ -409,8 +417,10 @@ def mamba3_prologue_bwd_triton(
     if r:
         _block_scan[(b * h,)](dang_blk, nt, NH=n // 2, SB=SCAN_BLOCKS, REVERSE=True,
                               num_warps=LAUNCH_CONFIG["num_warps"])  # fmt: skip
-    _prologue_bwd_fix[(nt, b * h)](
+    hb = math.gcd(h, LAUNCH_CONFIG["fix_heads"])
+    _prologue_bwd_fix[(nt, b * h // hb)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
-        H=h, R=r, NH=n // 2, BT=bt, HAS_ROT=r > 0, num_warps=LAUNCH_CONFIG["num_warps"],
+        H=h, R=r, RP=triton.next_power_of_2(max(r, 1)), NH=n // 2, BT=bt, HB=hb, HAS_ROT=r > 0,
+        num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
