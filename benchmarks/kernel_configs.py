@@ -38,10 +38,11 @@ GLA_GROUPS = {
     "bwd_dqkvg": dict(num_warps=[4, 8], num_stages=[1, 2, 3]),
 }
 # fast_trig 0 and the register cap did not win in the fourth session's sweep or the sixth session's A/B (RESULTS.md):
-# they stay launch settings (ssm_kernel.py --launch) but leave the sweep, which now also tries 1- and 2-warp heavy
-# kernels (one warp has no block-wide barriers at the per-head reductions and scans).
-PROLOGUE_GROUP = dict(bt=[16, 32, 64], num_warps=[2, 4], fwd_num_warps=[1, 2, 4], bwd_num_warps=[1, 2, 4, 8],
-                      bwd_maxnreg=[0], fast_trig=[1])
+# they stay launch settings (ssm_kernel.py --launch) but leave the sweep. The seventh session's sweep found 1-warp
+# heavy kernels at BT 16 fastest (one warp has no block-wide barriers at the per-head reductions and scans); this one
+# tries BT 8 too, and the fix kernel's heads per program.
+PROLOGUE_GROUP = dict(bt=[8, 16, 32], num_warps=[1, 2], fwd_num_warps=[1, 2], bwd_num_warps=[1, 2],
+                      bwd_maxnreg=[0], fast_trig=[1], fix_heads=[2, 4, 8])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
