@@ -10,10 +10,10 @@ Forward, per (b, t, h), in fp32 (math and PyTorch twin: ``mamba3_prologue_refere
 Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` tensor is 67 MB, the rest is small):
 
 * The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_block_sums`` (grid (NT/CB, B*H),
-  reading only dt and angles) sums dt * angles over every T-block of BT = 32 steps and ``_block_scan`` (grid B*H,
-  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, N/2]`` fp32, 2 MB). The
+  reading only dt and angles) sums dt * angles over every T-block of BT steps and ``_block_scan`` (grid B*H,
+  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, N/2]`` fp32, 8 MB at BT 8). The
   forward returns it and the backward reads it (not rescanned).
-* The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 1024 programs at the shape
+* The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 4096 programs at the shape
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
   G = 1 q and k are read once per block and the head sums of dq, dk are accumulated in registers (deterministic,
@@ -34,9 +34,10 @@ Bytes at the shape above, bf16, G = 1, R = 16, angles shared by heads (the modul
 kernels take angles' strides, so the view is never materialised): forward reads q, k (8 MB) + dt, trap, angles
 (~6 MB) and writes q~, k~w (134 MB) + diag (2 MB) -- about 150 MB. Backward reads dq~, dk~w (134 MB) + q, k (8 MB)
 + small, writes dq, dk (8 MB), writes the dangles buffer twice and reads it once (34 MB each), and writes per-block
-partials of the bias gradients (8 MB, summed over (B, NT) in PyTorch) -- about 270 MB. At ~3 TB/s that is ~50 us
-forward and ~90 us backward (estimates, not yet measured), against ~1.7 ms measured on an H100 for the Inductor code
-this replaces (bias, rotation, angle cumsums, forward + backward).
+partials of the bias gradients (34 MB at BT 8, summed over (B, NT) in PyTorch) -- about 300 MB. At ~3 TB/s that is
+~50 us forward and ~100 us backward; measured on an H200 (RESULTS.md): 71 us for the forward's heavy kernel, 151 + 33
+us for the backward's two, against ~1.7 ms measured on an H100 for the Inductor code this replaces (bias, rotation,
+angle cumsums, forward + backward).
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_ca
 # forward and backward heavy kernels; bwd_maxnreg: a register cap for the backward, 0 = the compiler's choice;
 # fast_trig: 1 = the GPU's approximate cos/sin, see _cos_sin; fix_heads: heads per program of the fix kernel, a power
 # of 2, capped to gcd(H, fix_heads)). Measured in GPU time on an H200 (benchmarks/kernel_configs.py --groups prologue,
-# RESULTS.md): 4 warps for the backward beat 8 (one 8-warp program per SM stalls at every in-block reduction), the
-# approximate trig saves a further ~0.09 ms per backward at B 8, T 4096, and 2 warps suit the light kernels and the
-# forward. fix_heads 4: not yet measured.
-LAUNCH_CONFIG: dict[str, int] = {"bt": 32, "cb": 8, "num_warps": 2, "fwd_num_warps": 2, "bwd_num_warps": 4,
-                                 "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 4}
-# T-blocks per step of ``_block_scan`` (one or two steps at T 4096, BT 32).
+# RESULTS.md): one warp per program over BT 8 rows for every kernel -- the per-head reductions and the in-block
+# cumsum then stay inside one warp (no block-wide barriers), and 4096 small programs at B 32, T 1024 keep the SMs
+# fed (the backward heavy kernel: 0.244 ms at BT 32 / 4 warps, 0.151 ms here); the approximate trig saves a further
+# ~0.09 ms per backward at B 8, T 4096; the fix kernel takes 8 heads per program (0.058 -> 0.033 ms).
+LAUNCH_CONFIG: dict[str, int] = {"bt": 8, "cb": 8, "num_warps": 1, "fwd_num_warps": 1, "bwd_num_warps": 1,
+                                 "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 8}
+# T-blocks per step of ``_block_scan`` (8 steps at T 4096, BT 8).
 SCAN_BLOCKS = 64
 
 
@@ -97,7 +99,7 @@ def _theta_block_sums(
 def _block_scan(blk, NT, NH: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr):
     """In place, per (b, h), over the T-blocks of ``[B, H, NT, NH]`` block totals: the exclusive scan, i.e. the sum
     over the earlier blocks (theta at each block's start) or, with REVERSE, over the later ones (the angle
-    gradient carried into a block). SB blocks per step, so one or two steps at T 4096, BT 32: the T-parallel kernels
+    gradient carried into a block). SB blocks per step (8 steps at T 4096, BT 8): the T-parallel kernels
     read their carry as one vector instead of walking T (a loop over the later blocks in every program of the
     backward's fix kernel was quadratic in T; a walk over T per (b, h) in the forward left most SMs idle)."""
     i_bh = tl.program_id(0).to(tl.int64)
