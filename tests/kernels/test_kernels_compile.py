@@ -39,20 +39,20 @@ COMPILE_ALL = textwrap.dedent('''
         triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32), options=options)
         print("compiled", fn.__name__, sorted(constexprs.items()), options)
 
-    shape = dict(H=16, N=64, BT=32)
+    shape = dict(H=16, N=64, BT=tp.LAUNCH_CONFIG["bt"])
     for rot in (True, False):
-        pro = dict(shape, G=1, R=16 if rot else 0, HAS_ROT=rot, FAST_TRIG=False)
+        pro = dict(shape, G=1, R=16 if rot else 0, RP=16 if rot else 1, HAS_ROT=rot, FAST_TRIG=False)
         compile_kernel(tp._prologue_fwd, pro)
         compile_kernel(tp._prologue_bwd, dict(pro, HAS_DDIAG=True))
         compile_kernel(tp._prologue_bwd, dict(pro, HAS_DDIAG=True), num_warps=8, maxnreg=128)  # bwd_maxnreg
-        for hb in (1, 4):
-            compile_kernel(tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, NH=32, BT=32, HB=hb, HAS_ROT=rot))
-    fast = dict(shape, G=1, R=16, HAS_ROT=True, FAST_TRIG=True)  # fast_trig: inline PTX, never run by the interpreter
+        for hb in (1, 8):
+            compile_kernel(tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, BT=shape["BT"], HB=hb, HAS_ROT=rot))
+    fast = dict(shape, G=1, R=16, RP=16, HAS_ROT=True, FAST_TRIG=True)  # fast_trig: inline PTX, never run by the interpreter
     compile_kernel(tp._prologue_fwd, fast)
     compile_kernel(tp._prologue_bwd, dict(fast, HAS_DDIAG=True))
-    compile_kernel(tp._theta_block_sums, dict(H=16, R=16, NH=32, BT=32, CB=8))
+    compile_kernel(tp._theta_block_sums, dict(H=16, R=16, RP=16, BT=shape["BT"], CB=8))
     for reverse in (False, True):
-        compile_kernel(tp._block_scan, dict(NH=32, SB=tp.SCAN_BLOCKS, REVERSE=reverse))
+        compile_kernel(tp._block_scan, dict(RP=16, SB=tp.SCAN_BLOCKS, REVERSE=reverse))
     gla = dict(H=16, N=64, P=64, BT=64, DOT_PREC="tf32")
     compile_kernel(tc._fwd_states, dict(gla, BV=64, HAS_H0=True))
     compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True))

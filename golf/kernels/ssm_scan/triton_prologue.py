@@ -11,7 +11,7 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
 
 * The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_block_sums`` (grid (NT/CB, B*H),
   reading only dt and angles) sums dt * angles over every T-block of BT steps and ``_block_scan`` (grid B*H,
-  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, N/2]`` fp32, 8 MB at BT 8). The
+  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, RP]`` fp32, RP the power of 2 >= R: 4 MB at BT 8). The
   forward returns it and the backward reads it (not rescanned).
 * The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 4096 programs at the shape
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
@@ -64,8 +64,9 @@ __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_ca
 # ~0.09 ms per backward at B 8, T 4096; the fix kernel takes 8 heads per program (0.058 -> 0.033 ms).
 LAUNCH_CONFIG: dict[str, int] = {"bt": 8, "cb": 8, "num_warps": 1, "fwd_num_warps": 1, "bwd_num_warps": 1,
                                  "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 8}
-# T-blocks per step of ``_block_scan`` (8 steps at T 4096, BT 8).
-SCAN_BLOCKS = 64
+# T-blocks per step of ``_block_scan`` (4 steps at T 4096, BT 8; a [128, RP 16] tile is 64 values per thread of the
+# one warp).
+SCAN_BLOCKS = 128
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,42 +78,42 @@ SCAN_BLOCKS = 64
 def _theta_block_sums(
     dt, angles, blk,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, R: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr,
+    H: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, CB: tl.constexpr,
 ):  # fmt: skip
-    """blk[b, h, c, j] = sum of dt * angles[..., j] over T-block c (0 for j >= R), CB blocks per program;
+    """blk[b, h, c, j] = sum of dt * angles[..., j] over T-block c (0 for R <= j < RP), CB blocks per program;
     ``_block_scan`` then turns the sums into theta at every block's start."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    offs_j = tl.arange(0, NH)
+    offs_j = tl.arange(0, RP)
     rows = i_c * CB * BT + tl.arange(0, CB * BT)
     m_t = rows < T
     b_dt = tl.load(dt + (i_b * T + rows) * H + i_h, mask=m_t, other=0.0)
     a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
     b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
-    b_blk = tl.sum(tl.reshape(b_dt[:, None] * b_a, [CB, BT, NH]), axis=1)
+    b_blk = tl.sum(tl.reshape(b_dt[:, None] * b_a, [CB, BT, RP]), axis=1)
     blocks = i_c * CB + tl.arange(0, CB)
-    tl.store(blk + (i_bh.to(tl.int64) * NT + blocks[:, None]) * NH + offs_j[None, :], b_blk,
+    tl.store(blk + (i_bh.to(tl.int64) * NT + blocks[:, None]) * RP + offs_j[None, :], b_blk,
              mask=(blocks < NT)[:, None])  # fmt: skip
 
 
 @triton.jit
-def _block_scan(blk, NT, NH: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr):
-    """In place, per (b, h), over the T-blocks of ``[B, H, NT, NH]`` block totals: the exclusive scan, i.e. the sum
+def _block_scan(blk, NT, RP: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr):
+    """In place, per (b, h), over the T-blocks of ``[B, H, NT, RP]`` block totals: the exclusive scan, i.e. the sum
     over the earlier blocks (theta at each block's start) or, with REVERSE, over the later ones (the angle
-    gradient carried into a block). SB blocks per step (8 steps at T 4096, BT 8): the T-parallel kernels
+    gradient carried into a block). SB blocks per step (4 steps at T 4096, BT 8): the T-parallel kernels
     read their carry as one vector instead of walking T (a loop over the later blocks in every program of the
     backward's fix kernel was quadratic in T; a walk over T per (b, h) in the forward left most SMs idle)."""
     i_bh = tl.program_id(0).to(tl.int64)
-    offs_j = tl.arange(0, NH)
+    offs_j = tl.arange(0, RP)
     offs_c = tl.arange(0, SB)
-    b_carry = tl.zeros([NH], dtype=tl.float32)
+    b_carry = tl.zeros([RP], dtype=tl.float32)
     for c0 in range(0, NT, SB):
         if REVERSE:
             blocks = NT - 1 - c0 - offs_c
         else:
             blocks = c0 + offs_c
         m_c = ((blocks >= 0) & (blocks < NT))[:, None]
-        ptrs = blk + (i_bh * NT + blocks[:, None]) * NH + offs_j[None, :]
+        ptrs = blk + (i_bh * NT + blocks[:, None]) * RP + offs_j[None, :]
         b_blk = tl.load(ptrs, mask=m_c, other=0.0)
         tl.store(ptrs, tl.cumsum(b_blk, axis=0) - b_blk + b_carry[None, :], mask=m_c)
         b_carry += tl.sum(b_blk, axis=0)
@@ -151,7 +152,7 @@ def _cos_sin(theta, FAST: tl.constexpr):
 @triton.jit
 def _head_step(
     dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
+    H: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
     FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """One head's inputs on the block: dt, trap, bn = (1 - trap_{t+1}) dt_{t+1}, cos/sin of theta (BT, N/2), the
@@ -166,7 +167,7 @@ def _head_step(
     if HAS_ROT:
         a_offs = i_b * s_ab + rows[:, None] * s_at + i_h * s_ah + offs_j[None, :] * s_ar
         b_a = tl.load(angles + a_offs, mask=m_t[:, None] & (offs_j < R)[None, :], other=0.0)
-        b_c0 = tl.load(carry + ((i_b * H + i_h) * NT + i_t) * NH + offs_j)
+        b_c0 = tl.load(carry + ((i_b * H + i_h) * NT + i_t) * RP + offs_j, mask=offs_j < RP, other=0.0)
         b_theta = tl.cumsum(b_dt[:, None] * b_a, axis=0) + b_c0[None, :]
         b_cos, b_sin = _cos_sin(b_theta, FAST_TRIG)
     else:  # unused
@@ -196,8 +197,8 @@ def _pair_cross(g, y, BT: tl.constexpr, NH: tl.constexpr):
 def _prologue_fwd(
     q, k, dt, trap, q_bias, k_bias, angles, carry, q_rot, k_w, diag,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, HAS_ROT: tl.constexpr,
-    FAST_TRIG: tl.constexpr,
+    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
+    HAS_ROT: tl.constexpr, FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
@@ -206,7 +207,7 @@ def _prologue_fwd(
         i_h = i_g * HPG + i
         _, _, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
-            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
+            s_ab, s_at, s_ah, s_ar, H, N, R, RP, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
         b_qr, b_kr = b_qb, b_kb
         if HAS_ROT:
@@ -223,7 +224,7 @@ def _prologue_bwd(
     q, k, dt, trap, q_bias, k_bias, angles, carry, dq_rot, dk_w, ddiag,
     dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, BT: tl.constexpr,
+    H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
     HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
@@ -240,7 +241,7 @@ def _prologue_bwd(
         i_h = i_g * HPG + i
         b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
             dt, trap, angles, carry, q_bias, k_bias, b_q, b_k, offs_n, i_b, i_h, i_t, rows, m_t, T, NT,
-            s_ab, s_at, s_ah, s_ar, H, N, R, BT, HAS_ROT, FAST_TRIG,
+            s_ab, s_at, s_ah, s_ar, H, N, R, RP, BT, HAS_ROT, FAST_TRIG,
         )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
         g_offs = offs[:, None] * N + offs_n[None, :]
@@ -258,7 +259,7 @@ def _prologue_bwd(
             b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
             tl.store(dang + offs[:, None] * R + offs_j[None, :], b_dth, mask=m_t[:, None] & m_j[None, :])
-            tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * NH + offs_j, tl.sum(b_dth, axis=0))
+            tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * RP + offs_j, tl.sum(b_dth, axis=0), mask=offs_j < RP)
         else:
             b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
         b_dw = tl.sum(b_gk * b_kr, axis=1)
@@ -281,14 +282,12 @@ def _prologue_bwd(
 def _prologue_bwd_fix(
     dt, trap, angles, dbn, dang, dang_later, ddt, dtrap,
     T, NT, s_ab, s_at, s_ah, s_ar,
-    H: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, NH: tl.constexpr, BT: tl.constexpr, HB: tl.constexpr,
-    HAS_ROT: tl.constexpr,
+    H: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HB: tl.constexpr, HAS_ROT: tl.constexpr,
 ):  # fmt: skip
     """Cross-block terms: bn_{t-1} = (1 - trap_t) dt_t feeds dtrap_t, ddt_t; the reverse cumsum of dtheta, in the
     block and carried from later blocks (``dang_later``: their summed totals, from ``_block_scan``). HB adjacent heads
     per program, so that each row of the ``[B, T, H]`` and ``[B, T, H, R]`` buffers is read as HB (x R) contiguous
-    values rather than one head's 4 bytes; the angle axis padded to RP, the power of 2 >= R (``dang_later`` rows are
-    NH = N/2 long)."""
+    values rather than one head's 4 bytes; the angle axis padded to RP, the power of 2 >= R."""
     i_t, i_bg = tl.program_id(0), tl.program_id(1)
     i_b, i_g = (i_bg // (H // HB)).to(tl.int64), i_bg % (H // HB)
     rows = i_t * BT + tl.arange(0, BT)
@@ -303,7 +302,7 @@ def _prologue_bwd_fix(
     if HAS_ROT:
         offs_j = tl.arange(0, RP)
         m_a = m_t[:, :, None] & (offs_j < R)[None, None, :]  # (BT, 1, RP)
-        b_carry = tl.load(dang_later + ((i_b * H + offs_h)[:, None] * NT + i_t) * NH + offs_j[None, :])  # (HB, RP)
+        b_carry = tl.load(dang_later + ((i_b * H + offs_h)[:, None] * NT + i_t) * RP + offs_j[None, :])  # (HB, RP)
         a_offs = (i_b * s_ab + rows[:, None, None] * s_at + offs_h[None, :, None] * s_ah
                   + offs_j[None, None, :] * s_ar)  # fmt: skip
         b_a = tl.load(angles + a_offs, mask=m_a, other=0.0)
@@ -348,12 +347,18 @@ def _register_cap(maxnreg: int) -> dict[str, int]:
     return {"maxnreg": maxnreg} if maxnreg else {}
 
 
+def _angle_width(n_angles: int) -> int:
+    """RP: the angle axis of the block totals and carries, padded to a power of 2 (pairs j >= R never rotate, so the
+    N/2 - RP pairs above it are not stored; the heavy kernels read them as 0)."""
+    return triton.next_power_of_2(max(n_angles, 1))
+
+
 def theta_carry_shape(batch: int, seqlen: int, nheads: int, d_state: int, n_angles: int) -> tuple[int, ...]:
-    """Shape of theta at the start of every T-block, ``[B, H, NT, N/2]`` (NT from ``LAUNCH_CONFIG["bt"]``), which the
-    forward returns for the backward; ``(0,)`` without angles (nothing rotates)."""
+    """Shape of theta at the start of every T-block, ``[B, H, NT, RP]`` (NT from ``LAUNCH_CONFIG["bt"]``, RP the
+    power of 2 >= R), which the forward returns for the backward; ``(0,)`` without angles (nothing rotates)."""
     if n_angles == 0:
         return (0,)
-    return (batch, nheads, triton.cdiv(seqlen, LAUNCH_CONFIG["bt"]), d_state // 2)
+    return (batch, nheads, triton.cdiv(seqlen, LAUNCH_CONFIG["bt"]), _angle_width(n_angles))
 
 
 def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
@@ -361,12 +366,12 @@ def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
     b, t, h, r = angles.shape
     carry = dt.new_empty(theta_carry_shape(b, t, h, n, r))
     if r:
-        nt, cb = carry.shape[2], LAUNCH_CONFIG["cb"]
+        nt, cb, rp = carry.shape[2], LAUNCH_CONFIG["cb"], carry.shape[3]
         _theta_block_sums[(triton.cdiv(nt, cb), b * h)](
-            dt, angles, carry, t, nt, *angles.stride(), H=h, R=r, NH=n // 2, BT=LAUNCH_CONFIG["bt"], CB=cb,
+            dt, angles, carry, t, nt, *angles.stride(), H=h, R=r, RP=rp, BT=LAUNCH_CONFIG["bt"], CB=cb,
             num_warps=LAUNCH_CONFIG["num_warps"],
         )  # fmt: skip
-        _block_scan[(b * h,)](carry, nt, NH=n // 2, SB=SCAN_BLOCKS, REVERSE=False, num_warps=LAUNCH_CONFIG["num_warps"])
+        _block_scan[(b * h,)](carry, nt, RP=rp, SB=SCAN_BLOCKS, REVERSE=False, num_warps=LAUNCH_CONFIG["num_warps"])
     return carry
 
 
@@ -383,7 +388,7 @@ def mamba3_prologue_fwd_triton(
     diag = dt.new_empty(b, t, h)
     _prologue_fwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry if r else dt, q_rot, k_w, diag, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
+        H=h, G=g, N=n, R=r, RP=_angle_width(r), BT=LAUNCH_CONFIG["bt"], HAS_ROT=r > 0, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["fwd_num_warps"],
     )  # fmt: skip
     return q_rot, k_w, diag, carry
@@ -402,27 +407,27 @@ def mamba3_prologue_bwd_triton(
     elif carry.shape != theta_carry_shape(b, t, h, n, r) or carry.dtype != torch.float32:
         raise ValueError(f"carry must be the forward's theta carries {theta_carry_shape(b, t, h, n, r)} fp32, got "
                          f"{tuple(carry.shape)} {carry.dtype}")  # fmt: skip
-    bt = LAUNCH_CONFIG["bt"]
+    bt, rp = LAUNCH_CONFIG["bt"], _angle_width(r)
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
     ddiag = ddiag.float().contiguous() if ddiag is not None else None
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     ddt, dtrap, dbn = (torch.empty_like(dt) for _ in range(3))
     dang = dt.new_empty(b, t, h, r)
-    dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, n // 2)) if r else (dt, dt)  # R == 0: unused dummies
+    dang_buf, dang_blk = (dang, dt.new_empty(b, h, nt, rp)) if r else (dt, dt)  # R == 0: unused dummies
     dq_bias_part, dk_bias_part = (dt.new_empty(b * nt, h, n) for _ in range(2))  # per-block partials
     _prologue_bwd[(nt, b * g)](
         q, k, dt, trap, q_bias, k_bias, angles, carry if r else dt, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
-        H=h, G=g, N=n, R=r, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
+        H=h, G=g, N=n, R=r, RP=rp, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
     if r:
-        _block_scan[(b * h,)](dang_blk, nt, NH=n // 2, SB=SCAN_BLOCKS, REVERSE=True,
+        _block_scan[(b * h,)](dang_blk, nt, RP=rp, SB=SCAN_BLOCKS, REVERSE=True,
                               num_warps=LAUNCH_CONFIG["num_warps"])  # fmt: skip
     hb = math.gcd(h, LAUNCH_CONFIG["fix_heads"])
     _prologue_bwd_fix[(nt, b * h // hb)](
         dt, trap, angles, dbn, dang_buf, dang_blk, ddt, dtrap, t, nt, *angles.stride(),
-        H=h, R=r, RP=triton.next_power_of_2(max(r, 1)), NH=n // 2, BT=bt, HB=hb, HAS_ROT=r > 0,
+        H=h, R=r, RP=rp, BT=bt, HB=hb, HAS_ROT=r > 0,
         num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
     return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
