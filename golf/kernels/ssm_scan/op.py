@@ -232,7 +232,7 @@ def _theta_carry_fake(q, k, dt, trap, q_bias, k_bias, angles) -> Tensor:
     from golf.kernels.ssm_scan.triton_prologue import theta_carry_shape
 
     b, t, h = dt.shape
-    return dt.new_empty(theta_carry_shape(b, t, h, q.shape[-1], angles.shape[-1]), dtype=torch.float32)
+    return dt.new_empty(theta_carry_shape(b, t, h, angles.shape[-1]), dtype=torch.float32)
 
 
 @_mamba3_prologue_fwd.register_fake

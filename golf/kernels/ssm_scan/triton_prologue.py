@@ -11,8 +11,8 @@ Design (bandwidth-bound: at B 8, T 4096, H 16, N 64 one bf16 ``[B, T, H, N]`` te
 
 * The only sequential dependency is the angle cumsum, and it is cheap: ``_theta_block_sums`` (grid (NT/CB, B*H),
   reading only dt and angles) sums dt * angles over every T-block of BT steps and ``_block_scan`` (grid B*H,
-  64 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, RP]`` fp32, RP the power of 2 >= R: 4 MB at BT 8). The
-  forward returns it and the backward reads it (not rescanned).
+  128 blocks per step) turns the sums into theta at every block's start (``[B, H, NT, RP]`` fp32, RP the power of
+  2 >= R: 4 MB at BT 8). The forward returns it and the backward reads it (not rescanned).
 * The heavy kernels are then fully parallel over (T-block, b, group) -- grid (NT, B*G), 4096 programs at the shape
   above -- instead of one program per (b, h) walking all of T, which would leave 128 programs each stalling on a
   T/BT-step chain of loads. Inside a program a loop runs over the H/G heads that share the group's q, k, so for
@@ -259,7 +259,8 @@ def _prologue_bwd(
             b_dth = _pair_cross(b_gq, b_qr, BT, NH) + _pair_cross(b_gkr, b_kr, BT, NH)
             b_dth = tl.where(m_j[None, :], b_dth, 0.0)  # pairs j >= R are not rotated
             tl.store(dang + offs[:, None] * R + offs_j[None, :], b_dth, mask=m_t[:, None] & m_j[None, :])
-            tl.store(dang_blk + ((i_b * H + i_h) * NT + i_t) * RP + offs_j, tl.sum(b_dth, axis=0), mask=offs_j < RP)
+            blk_offs = ((i_b * H + i_h) * NT + i_t) * RP + offs_j
+            tl.store(dang_blk + blk_offs, tl.sum(b_dth, axis=0), mask=offs_j < RP)
         else:
             b_kr, b_dqb, b_dkb = b_kb, b_gq, b_gkr
         b_dw = tl.sum(b_gk * b_kr, axis=1)
@@ -353,7 +354,7 @@ def _angle_width(n_angles: int) -> int:
     return triton.next_power_of_2(max(n_angles, 1))
 
 
-def theta_carry_shape(batch: int, seqlen: int, nheads: int, d_state: int, n_angles: int) -> tuple[int, ...]:
+def theta_carry_shape(batch: int, seqlen: int, nheads: int, n_angles: int) -> tuple[int, ...]:
     """Shape of theta at the start of every T-block, ``[B, H, NT, RP]`` (NT from ``LAUNCH_CONFIG["bt"]``, RP the
     power of 2 >= R), which the forward returns for the backward; ``(0,)`` without angles (nothing rotates)."""
     if n_angles == 0:
@@ -361,10 +362,10 @@ def theta_carry_shape(batch: int, seqlen: int, nheads: int, d_state: int, n_angl
     return (batch, nheads, triton.cdiv(seqlen, LAUNCH_CONFIG["bt"]), _angle_width(n_angles))
 
 
-def _theta_carries(dt: Tensor, angles: Tensor, n: int) -> Tensor:
+def _theta_carries(dt: Tensor, angles: Tensor) -> Tensor:
     """theta at the start of every T-block (:func:`theta_carry_shape`, fp32; empty when R == 0)."""
     b, t, h, r = angles.shape
-    carry = dt.new_empty(theta_carry_shape(b, t, h, n, r))
+    carry = dt.new_empty(theta_carry_shape(b, t, h, r))
     if r:
         nt, cb, rp = carry.shape[2], LAUNCH_CONFIG["cb"], carry.shape[3]
         _theta_block_sums[(triton.cdiv(nt, cb), b * h)](
@@ -382,7 +383,7 @@ def mamba3_prologue_fwd_triton(
     """Returns (q~ ``[B, T, H, N]``, k~ w ``[B, T, H, N]`` in ``out_dtype``, diag ``[B, T, H]`` fp32, and theta at the
     start of every T-block (:func:`theta_carry_shape`, fp32), which the backward takes instead of rescanning T)."""
     (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt) = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
-    carry = _theta_carries(dt, angles, n)
+    carry = _theta_carries(dt, angles)
     q_rot = q.new_empty(b, t, h, n, dtype=out_dtype)
     k_w = torch.empty_like(q_rot)
     diag = dt.new_empty(b, t, h)
@@ -403,9 +404,9 @@ def mamba3_prologue_bwd_triton(
     output, or None to recompute it."""
     (q, k, dt, trap, q_bias, k_bias, angles), (b, t, g, n, h, r, nt) = _prepare(q, k, dt, trap, q_bias, k_bias, angles)
     if carry is None:
-        carry = _theta_carries(dt, angles, n)
-    elif carry.shape != theta_carry_shape(b, t, h, n, r) or carry.dtype != torch.float32:
-        raise ValueError(f"carry must be the forward's theta carries {theta_carry_shape(b, t, h, n, r)} fp32, got "
+        carry = _theta_carries(dt, angles)
+    elif carry.shape != theta_carry_shape(b, t, h, r) or carry.dtype != torch.float32:
+        raise ValueError(f"carry must be the forward's theta carries {theta_carry_shape(b, t, h, r)} fp32, got "
                          f"{tuple(carry.shape)} {carry.dtype}")  # fmt: skip
     bt, rp = LAUNCH_CONFIG["bt"], _angle_width(r)
     dq_rot, dk_w = dq_rot.contiguous(), dk_w.contiguous()
