@@ -47,7 +47,8 @@ COMPILE_ALL = textwrap.dedent('''
         compile_kernel(tp._prologue_bwd, dict(pro, HAS_DDIAG=True), num_warps=8, maxnreg=128)  # bwd_maxnreg
         for hb in (1, 8):
             compile_kernel(tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, BT=shape["BT"], HB=hb, HAS_ROT=rot))
-    fast = dict(shape, G=1, R=16, RP=16, HAS_ROT=True, FAST_TRIG=True)  # fast_trig: inline PTX, never run by the interpreter
+    # fast_trig: inline PTX, never run by the interpreter
+    fast = dict(shape, G=1, R=16, RP=16, HAS_ROT=True, FAST_TRIG=True)
     compile_kernel(tp._prologue_fwd, fast)
     compile_kernel(tp._prologue_bwd, dict(fast, HAS_DDIAG=True))
     compile_kernel(tp._theta_block_sums, dict(H=16, R=16, RP=16, BT=shape["BT"], CB=8))

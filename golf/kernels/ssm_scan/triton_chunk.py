@@ -82,6 +82,20 @@ def _fwd_states(
 
 
 @triton.jit
+def _causal_decay(gc, offs_t):
+    """``exp(gc_t - gc_s)`` for s <= t, 0 above the diagonal: the in-chunk decay matrix."""
+    causal = offs_t[:, None] >= offs_t[None, :]
+    return tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def _head_rows(x, i_b, i_h, rows, offs_p, m_t, T, s_t, P: tl.constexpr):
+    """One head's ``[BT, P]`` tile of a ``[B, T, H, P]`` tensor read at its row stride ``s_t`` (v and z: column
+    slices of the mixer's input projection), 0 past T."""
+    return tl.load(x + i_b * T * s_t + i_h * P + rows[:, None] * s_t + offs_p[None, :], mask=m_t[:, None], other=0.0)
+
+
+@triton.jit
 def _fwd_output(
     q, k, v, g, hs, skip, z, y, u,
     T, NT, s_vt, s_zt,
@@ -101,23 +115,20 @@ def _fwd_output(
     g_offs = i_b * T * H + i_h + rows * H
     b_q = tl.load(q + qk_offs, mask=m_t[:, None], other=0.0)
     b_k = tl.load(k + qk_offs, mask=m_t[:, None], other=0.0)
-    b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
+    b_v = _head_rows(v, i_b, i_h, rows, offs_p, m_t, T, s_vt, P)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
     b_h = tl.load(hs + (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :])  # (P, N)
     # inter-chunk: exp(gc_t) h q_t
     b_o = tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC) * tl.exp(b_gc)[:, None]
     # intra-chunk: causal, decayed q k^T
-    causal = offs_t[:, None] >= offs_t[None, :]
-    b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-    b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
+    b_a = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * _causal_decay(b_gc, offs_t)
     b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=DOT_PREC)
     # output stage, in fp32 before the one rounding: y = (o + skip v) * silu(z)
     if HAS_SKIP:
         b_o += tl.load(skip + g_offs, mask=m_t, other=0.0)[:, None] * b_v.to(tl.float32)
     if HAS_Z:
-        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
-                      other=0.0).to(tl.float32)  # fmt: skip
+        b_z = _head_rows(z, i_b, i_h, rows, offs_p, m_t, T, s_zt, P).to(tl.float32)
         tl.store(u + y_offs, b_o.to(u.dtype.element_ty), mask=m_t[:, None])  # the gate's backward reads it
         b_o = b_o * b_z * tl.sigmoid(b_z)
     tl.store(y + y_offs, b_o.to(y.dtype.element_ty), mask=m_t[:, None])
@@ -179,25 +190,16 @@ def _bwd_output_stage(
     g_offs = i_b * T * H + i_h + rows * H
     b_do = tl.load(dy + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
     if HAS_Z:
-        b_z = tl.load(z + i_b * T * s_zt + i_h * P + rows[:, None] * s_zt + offs_p[None, :], mask=m_t[:, None],
-                      other=0.0).to(tl.float32)  # fmt: skip
+        b_z = _head_rows(z, i_b, i_h, rows, offs_p, m_t, T, s_zt, P).to(tl.float32)
         b_sig = tl.sigmoid(b_z)
         b_u = tl.load(u + vo_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
         tl.store(dz + vo_offs, (b_do * b_u * b_sig * (1 + b_z * (1 - b_sig))).to(dz.dtype.element_ty),
                  mask=m_t[:, None])  # fmt: skip
         b_do = b_do * b_z * b_sig
     if HAS_SKIP:
-        b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None],
-                      other=0.0).to(tl.float32)  # fmt: skip
+        b_v = _head_rows(v, i_b, i_h, rows, offs_p, m_t, T, s_vt, P).to(tl.float32)
         tl.store(dskip + g_offs, tl.sum(b_do * b_v, axis=1), mask=m_t)
     tl.store(do + vo_offs, b_do.to(do.dtype.element_ty), mask=m_t[:, None])
-
-
-@triton.jit
-def _causal_decay(gc, offs_t):
-    """``exp(gc_t - gc_s)`` for s <= t, 0 above the diagonal: the in-chunk decay matrix."""
-    causal = offs_t[:, None] >= offs_t[None, :]
-    return tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
 
 
 @triton.jit
@@ -219,7 +221,7 @@ def _bwd_dqkvg(
     vo_offs = i_b * T * H * P + i_h * P + rows[:, None] * (H * P) + offs_p[None, :]
     g_offs = i_b * T * H + i_h + rows * H
     state_offs = (i_bh64 * NT + i_t) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    b_v = tl.load(v + i_b * T * s_vt + i_h * P + rows[:, None] * s_vt + offs_p[None, :], mask=m_t[:, None], other=0.0)
+    b_v = _head_rows(v, i_b, i_h, rows, offs_p, m_t, T, s_vt, P)
     b_do = tl.load(do + vo_offs, mask=m_t[:, None], other=0.0)
     b_g = tl.load(g + g_offs, mask=m_t, other=0.0)
     b_gc = tl.cumsum(b_g, axis=0)
