@@ -4,6 +4,8 @@ vs the recurrent definition. Style and helpers as ``test_ssm_scan.py`` (relative
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from test_ssm_scan import GPU_CASES, HAS_CUDA, assert_close, gpu, make_inputs, needs_cuda, needs_triton
@@ -83,6 +85,21 @@ def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_sta
     _, grads_ref = reference_with_grads(inputs, torch.float32, (cot[0], cot[1], torch.zeros_like(cot[2])))
     for name, ref, out in zip(INPUT_NAMES, grads_ref, grads_no_ddiag):
         assert_close(f"d{name} (ddiag None)", ref, out, 1e-5)
+
+
+@needs_triton
+def test_triton_prologue_backward_refuses_a_carry_of_another_shape():
+    """The backward reads theta at every T-block start from the forward; a carry of another launch's shape (another
+    BT, or N/2 wide) is refused in one line before any launch, naming the shape wanted."""
+    from golf.kernels.ssm_scan import triton_prologue
+    from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton
+
+    device = "cuda" if HAS_CUDA else "cpu"
+    inputs = prologue_inputs(1, 40, 2, 1, 16, 3, device=device)
+    wanted = triton_prologue.theta_carry_shape(1, 40, 2, 3)
+    carry = torch.zeros(*wanted[:3], 8, device=device)  # N/2 wide instead of RP = 4
+    with pytest.raises(ValueError, match=re.escape(f"carry must be the forward's theta carries {wanted} fp32")):
+        mamba3_prologue_bwd_triton(*inputs, *random_cotangents(inputs, torch.float32), carry)
 
 
 # ---------------------------------------------------------------------------------------------------------------
