@@ -422,6 +422,9 @@ def mamba3_prologue_bwd_triton(
         H=h, G=g, N=n, R=r, RP=rp, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
         num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
+    # summed straight after the kernel that wrote them, while the 2 x 17 MB of partials (B 32, T 1024, BT 8) may
+    # still sit in L2, before the fix kernel streams the dangles buffer through it
+    dq_bias, dk_bias = dq_bias_part.sum(0), dk_bias_part.sum(0)
     if r:
         _block_scan[(b * h,)](dang_blk, nt, RP=rp, SB=SCAN_BLOCKS, REVERSE=True,
                               num_warps=LAUNCH_CONFIG["num_warps"])  # fmt: skip
@@ -431,4 +434,4 @@ def mamba3_prologue_bwd_triton(
         H=h, R=r, RP=rp, BT=bt, HB=hb, HAS_ROT=r > 0,
         num_warps=LAUNCH_CONFIG["num_warps"],
     )  # fmt: skip
-    return dq, dk, ddt, dtrap, dq_bias_part.sum(0), dk_bias_part.sum(0), dang
+    return dq, dk, ddt, dtrap, dq_bias, dk_bias, dang
