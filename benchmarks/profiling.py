@@ -3,16 +3,29 @@ that GPU-busy time / wall time shows how much of a step the GPU idled)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import torch
+
+# Kernel families for the step's breakdown, first match wins (names as the CUDA profiler reports them): the SSM scan's
+# kernels (golf's Triton kernels, the peers' mamba_ssm ones), cuBLAS/CUTLASS matmuls, attention (cuDNN/flash SDPA),
+# Inductor's generated kernels (elementwise, norms, reductions, the optimizer's fused updates), collectives, copies.
+KERNEL_FAMILIES = (
+    ("ssm scan", r"^_(fwd|bwd)_|^_prologue|^_theta|^_block_scan|mamba|_chunk_scan|_chunk_state|_state_passing|ssd"),
+    ("matmul", r"nvjet|gemm|cutlass|xmma|cublas"),
+    ("attention", r"sdpa|flash|fmha"),
+    ("inductor", r"^triton_"),
+    ("collectives", r"nccl"),
+    ("copies and fills", r"copy|memcpy|memset|fill"),
+)
 
 
 class StepProfile:
     """A profiler window opened by ``start()`` and closed by ``finish()`` (which synchronises the GPU first), for a
     step whose beginning and end are hooks rather than one call (a Lightning step: batch end to batch end)."""
 
-    def __init__(self, top: int = 15) -> None:
+    def __init__(self, top: int = 25) -> None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -44,10 +57,24 @@ def summarize(events, top: int, wall_ms: float) -> dict:
     total = sum(t for _, t, _ in timed) or 1.0
     timed.sort(key=lambda r: -r[1])
     return dict(clock="gpu kernels" if on_gpu else "cpu ops", total_ms=total / 1e3, wall_ms=wall_ms,
+                families=families(timed, total),
                 top=[dict(name=k[:120], ms=t / 1e3, calls=n, share=t / total) for k, t, n in timed[:top]])
 
 
-def profile_step(step, top: int = 15) -> dict:
+def family(name: str) -> str:
+    """The :data:`KERNEL_FAMILIES` entry a kernel's name falls in, or "other"."""
+    return next((label for label, pattern in KERNEL_FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def families(timed: list[tuple[str, float, int]], total: float) -> dict[str, dict]:
+    """Time and share of the step's kernel time per family, largest first (every kernel counted, not only the top)."""
+    ms: dict[str, float] = {}
+    for name, t, _ in timed:
+        ms[family(name)] = ms.get(family(name), 0.0) + t
+    return {f: {"ms": t / 1e3, "share": t / total} for f, t in sorted(ms.items(), key=lambda kv: -kv[1])}
+
+
+def profile_step(step, top: int = 25) -> dict:
     """One call of ``step`` under torch.profiler (see :class:`StepProfile`)."""
     prof = StepProfile(top).start()
     step()

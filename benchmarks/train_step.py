@@ -10,7 +10,7 @@ With --gpus, each config runs in its own process on its own GPU of the host, con
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
 torch.profiler summary of one step after the timed ones, for every row (top GPU kernels, their share of GPU time,
-and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
+the time per kernel family, and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
 benchmarks/profile_script.py, which runs them unchanged); --cold-compile
 empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
 
@@ -368,6 +368,8 @@ def print_table(rows: list[dict]) -> None:
             prof = r["profile"]
             print(f"\nprofile, one {r['row']} step of {r['config']}: {prof['total_ms']:.1f} ms of {prof['clock']} in "
                   f"{prof['wall_ms']:.1f} ms of wall time")
+            print("  by family: " + ", ".join(f"{f} {v['ms']:.1f} ms ({v['share']:.0%})"
+                                              for f, v in prof.get("families", {}).items()))
             for k in prof["top"]:
                 print(f"  {k['share']:>6.1%} {k['ms']:>9.2f} ms {k['calls']:>5}x  {k['name']}")
 
