@@ -39,21 +39,34 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables (half-split convention of the baseline), computed in each forward: a few tiny kernels that
-    Inductor fuses, and no state. A per-length cache dict made torch.compile guard on its keys and recompile once
-    its first run had filled it; no buffers either, so DDP has nothing to broadcast and checkpoints hold nothing
-    that can be recomputed."""
+    """RoPE tables (half-split convention of the baseline) for positions ``[0, cached_positions)``, kept as
+    non-persistent buffers (never in a checkpoint or an artifact; DDP is told not to broadcast them: ``GolfLM``).
+    Computed inside the compiled step instead, Inductor fused the table's pow, cos and sin into the kernels of q and k,
+    recomputing them for every element of every head (``benchmarks/RESULTS.md``, eighth session). Positions past the
+    table (long generation) are computed on the fly."""
 
-    def __init__(self, dim: int, base: float = 10000.0) -> None:
+    def __init__(self, dim: int, base: float = 10000.0, cached_positions: int = 8192) -> None:
         super().__init__()
         self.dim = dim
         self.base = base
+        cos, sin = self._tables(0, cached_positions, torch.device("cpu"))
+        self.register_buffer("cos_cached", cos, persistent=False)
+        self.register_buffer("sin_cached", sin, persistent=False)
 
-    def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tables(self, offset: int, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
         t = torch.arange(offset, offset + seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
-        return freqs.cos()[None, None], freqs.sin()[None, None]
+        return freqs.cos(), freqs.sin()
+
+    def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin`` of shape ``[1, 1, seq_len, dim / 2]`` (fp32) for positions ``offset .. offset + seq_len - 1``."""
+        end = offset + seq_len
+        if end <= self.cos_cached.size(0):
+            cos, sin = self.cos_cached[offset:end].to(device), self.sin_cached[offset:end].to(device)
+        else:
+            cos, sin = self._tables(offset, seq_len, device)
+        return cos[None, None], sin[None, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,22 @@ def test_forward_shapes_and_state_carry_equals_one_pass():
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-9, atol=1e-9)
 
 
+def test_rope_tables_are_cached_buffers_outside_checkpoints_and_ddp_and_match_the_formula():
+    from golf.modules.layers import Rotary
+
+    rot = Rotary(16, cached_positions=32)
+    want_cos, want_sin = rot._tables(0, 48, torch.device("cpu"))
+    for offset, length in ((0, 32), (5, 20), (20, 12), (25, 10), (40, 8)):  # inside, at the end, across, past
+        cos, sin = rot(length, torch.device("cpu"), offset=offset)
+        assert cos.shape == (1, 1, length, 8)
+        torch.testing.assert_close(cos[0, 0], want_cos[offset : offset + length], rtol=0, atol=1e-6)
+        torch.testing.assert_close(sin[0, 0], want_sin[offset : offset + length], rtol=0, atol=1e-6)
+    lm = GolfLM(backbone=BackboneConfig(layers="ASA"))
+    tables = [n for n, _ in lm.named_buffers() if n.endswith(("cos_cached", "sin_cached"))]
+    assert len(tables) == 4 and not set(tables) & set(lm.state_dict())
+    assert sorted(lm._ddp_params_and_buffers_to_ignore) == sorted(tables)
+
+
 def test_token_by_token_kv_cache_grows_in_place_and_branches_do_not_alias():
     from golf.modules.attention import KVCache
 
