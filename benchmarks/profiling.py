@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,11 +26,11 @@ class StepProfile:
     """A profiler window opened by ``start()`` and closed by ``finish()`` (which synchronises the GPU first), for a
     step whose beginning and end are hooks rather than one call (a Lightning step: batch end to batch end)."""
 
-    def __init__(self, top: int = 25) -> None:
+    def __init__(self, top: int = 25, trace: Path | None = None) -> None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        self.top, self._prof = top, profile(activities=activities)
+        self.top, self.trace, self._prof = top, trace, profile(activities=activities)
 
     def start(self) -> StepProfile:
         self._prof.__enter__()
@@ -41,6 +42,8 @@ class StepProfile:
             torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - self._t0) * 1e3
         self._prof.__exit__(None, None, None)
+        if self.trace is not None:  # the whole timeline (Chrome trace format), for benchmarks/gpu_gaps.py
+            self._prof.export_chrome_trace(str(self.trace))
         return summarize(self._prof.key_averages(), self.top, wall_ms)
 
 
@@ -74,8 +77,8 @@ def families(timed: list[tuple[str, float, int]], total: float) -> dict[str, dic
     return {f: {"ms": t / 1e3, "share": t / total} for f, t in sorted(ms.items(), key=lambda kv: -kv[1])}
 
 
-def profile_step(step, top: int = 25) -> dict:
+def profile_step(step, top: int = 25, trace: Path | None = None) -> dict:
     """One call of ``step`` under torch.profiler (see :class:`StepProfile`)."""
-    prof = StepProfile(top).start()
+    prof = StepProfile(top, trace).start()
     step()
     return prof.finish()

@@ -133,7 +133,8 @@ class StepTimer:
         return (self.t1 - self.t0) / max(self.n, 1)
 
 
-def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1, profile: bool = False) -> dict:
+def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1, profile: bool = False,
+             trace: Path | None = None) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     from profiling import StepProfile  # benchmarks/profiling.py, beside this script
@@ -152,7 +153,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
             if trainer.global_step == last:
                 timer.ms = timer.finish() * 1e3
                 if profile:
-                    self.window = StepProfile().start()
+                    self.window = StepProfile(trace=trace).start()
             elif trainer.global_step == last + 1 and profile:
                 profiled["profile"] = self.window.finish()
 
@@ -173,7 +174,8 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
                 seq_len=cli.datamodule.seq_len, **profiled)
 
 
-def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool = False) -> dict:
+def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool = False,
+             trace: Path | None = None) -> dict:
     """The same model, optimizer, compiled loss and batches, in a plain loop."""
     from golf.data.datamodule import TrainWindows
 
@@ -211,7 +213,7 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
     if profile:
         from profiling import profile_step  # benchmarks/profiling.py, beside this script
 
-        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1))
+        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1), trace=trace)
     return row
 
 
@@ -282,11 +284,12 @@ def run_rows(args) -> list[dict]:
             torch._dynamo.reset()  # (a local `import torch._dynamo` here made `torch` local to the whole function)
         for kind in args.rows:
             t0 = time.perf_counter()
+            trace = args.trace_dir / f"trace_{Path(config).stem}_{kind}.json" if args.trace_dir else None
             try:
                 if kind == "golf":
-                    r = row_golf(config, data_dir, args.steps, args.warmup, args.devices, args.profile)
+                    r = row_golf(config, data_dir, args.steps, args.warmup, args.devices, args.profile, trace)
                 elif kind == "bare":
-                    r = row_bare(config, data_dir, args.steps, args.warmup, args.profile)
+                    r = row_bare(config, data_dir, args.steps, args.warmup, args.profile, trace)
                 elif "@" in config:  # a variant of a config: its peer row is the plain config's
                     continue
                 else:
@@ -322,7 +325,8 @@ def run_concurrently(args) -> list[dict]:
         cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
                "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out),
-               *(["--profile"] if args.profile else []), *(["--cold-compile"] if args.cold_compile else [])]
+               *(["--profile"] if args.profile else []), *(["--cold-compile"] if args.cold_compile else []),
+               *(["--trace-dir", str(args.trace_dir)] if args.trace_dir else [])]
         log = open(out.with_suffix(".log"), "w")
         procs.append((out, log, subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)),
                                                   stdout=log, stderr=subprocess.STDOUT)))
@@ -389,6 +393,8 @@ def main() -> None:
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
     ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one step of each row")
+    ap.add_argument("--trace-dir", type=Path, help="with --profile, also write each golf/bare row's profiled step as a "
+                    "Chrome trace there (read by benchmarks/gpu_gaps.py)")
     ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "
                     "its first row's compile column is a cold start (later rows of the config reuse that cache)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")
@@ -398,6 +404,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.trace_dir:
+        if not args.profile:
+            raise SystemExit("--trace-dir writes the profiled step's trace: pass --profile too")
+        args.trace_dir.mkdir(parents=True, exist_ok=True)
     rows = run_concurrently(args) if args.gpus else run_rows(args)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0 or any(r.get("rank", 0) != 0 for r in rows):
         return  # a DDP child of the golf row: rank 0 reports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -110,3 +111,28 @@ def test_profile_families_sort_kernels_by_name_and_sum_every_kernel(monkeypatch)
     assert list(got) == ["ssm scan", "inductor", "other", "matmul", "attention", "collectives", "copies and fills"]
     assert got["ssm scan"]["ms"] == 5.0 / 1e3 and got["other"]["share"] == 3.5 / 20.0
     assert abs(sum(f["ms"] for f in got.values()) - sum(t for _, t, _ in timed) / 1e3) < 1e-12
+
+
+def test_gpu_gaps_charges_idle_time_to_the_host_range_open_when_the_gpu_ran_dry(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_gaps import analyse, load_events
+
+    def ev(cat, name, ts, dur, tid=1, corr=None):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 0 if cat != "kernel" else 9,
+                "tid": tid, **({"args": {"correlation": corr}} if corr is not None else {})}
+
+    events = [
+        ev("user_annotation", "Optimizer.step#GolfOptimizer.step", 100, 300),
+        ev("cpu_op", "aten::add_", 150, 200),
+        ev("cuda_runtime", "cudaLaunchKernel", 10, 5, corr=1), ev("kernel", "k1", 20, 100, corr=1),  # busy 20-120
+        ev("cuda_runtime", "cudaLaunchKernel", 30, 5, corr=2), ev("kernel", "k2", 110, 40, corr=2),  # overlaps: 150
+        ev("cuda_runtime", "cudaLaunchKernel", 300, 5, corr=3), ev("kernel", "k3", 310, 10, corr=3),  # host late: 160
+        ev("cuda_runtime", "cudaLaunchKernel", 305, 5, corr=4), ev("kernel", "k4", 340, 10, corr=4),  # queued: 20
+        ev("cuda_runtime", "cudaStreamSynchronize", 360, 50),
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    r = analyse(load_events(path), min_us=10)
+    assert (r["span_ms"], r["busy_ms"], r["idle_ms"]) == pytest.approx((0.33, 0.15, 0.18))
+    assert r["gaps"] == [("Optimizer.step#GolfOptimizer.step > aten::add_", 0.16, 1), ("queued: GPU-side wait", 0.02, 1)]
+    assert r["blocking"] == [("cudaStreamSynchronize in Optimizer.step#GolfOptimizer.step", 0.05, 1)]
