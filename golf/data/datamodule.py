@@ -25,8 +25,9 @@ class TokenStream:
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
         self.total = int(self.starts[-1])
 
-    def take(self, offset: int, n: int) -> np.ndarray:
-        out = np.empty(n, dtype=np.int64)
+    def take(self, offset: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``n`` tokens from ``offset`` (cyclic) as int64, into ``out`` when given."""
+        out = np.empty(n, dtype=np.int64) if out is None else out
         filled, pos = 0, offset % self.total
         while filled < n:
             i = int(np.searchsorted(self.starts, pos, side="right")) - 1
@@ -59,20 +60,28 @@ class BatchLayout:
 
 
 class TrainWindows(IterableDataset):
-    """Yields, per optimizer step, this rank's ``[accum, micro_seqs, seq_len + 1]`` token windows, from ``start_step``."""
+    """Yields, per optimizer step, this rank's ``[accum, micro_seqs, seq_len + 1]`` token windows, from ``start_step``.
+    With ``pin_memory`` the batch is built in page-locked memory (CUDA's caching host allocator), ready for a
+    non-blocking copy."""
 
-    def __init__(self, stream: TokenStream, layout: BatchLayout, rank: int, start_step: int = 0) -> None:
+    def __init__(
+        self, stream: TokenStream, layout: BatchLayout, rank: int, start_step: int = 0, pin_memory: bool = False
+    ) -> None:
         self.stream, self.layout, self.rank, self.start_step = stream, layout, rank, start_step
+        self.pin_memory = pin_memory
 
     def batch(self, step: int) -> torch.Tensor:
+        # Host time per step at 1,048,576 tokens (benchmarks/RESULTS.md, eighth session): an index gather per
+        # micro-batch, a stack and a fresh 8 MB batch (page faults) took ~9 ms on the GPU machine's host; now one
+        # reused span, a strided view of it copied once, and a batch from the caching host allocator.
         lay = self.layout
-        rows = []
+        out = torch.empty(lay.accum, lay.micro_seqs, lay.seq_len + 1, dtype=torch.int64, pin_memory=self.pin_memory)
+        span = torch.empty(lay.micro_tokens + 1, dtype=torch.int64)
         for m in range(lay.accum):
-            span = self.stream.take(lay.segment_offset(step, m, self.rank), lay.micro_tokens + 1)
+            self.stream.take(lay.segment_offset(step, m, self.rank), lay.micro_tokens + 1, out=span.numpy())
             # Overlapping windows of seq_len + 1: x = w[:-1], y = w[1:], exactly the baseline's reshape of the span.
-            idx = np.arange(lay.micro_seqs)[:, None] * lay.seq_len + np.arange(lay.seq_len + 1)[None, :]
-            rows.append(torch.from_numpy(span[idx]))
-        return torch.stack(rows)
+            out[m] = span.as_strided((lay.micro_seqs, lay.seq_len + 1), (lay.seq_len, 1))
+        return out
 
     def __iter__(self):
         step = self.start_step
@@ -236,8 +245,9 @@ class GolfData(pl.LightningDataModule):
         # The position in the stream is a function of the optimizer step, so resuming from a checkpoint (global_step
         # restored before this is called) continues exactly where the interrupted run was.
         start = self.trainer.global_step if self.trainer is not None else 0
-        dataset = TrainWindows(self.load_train(), self.layout(self.world_size), self.rank, start_step=start)
-        return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=self.pin_memory and torch.cuda.is_available())
+        pin = self.pin_memory and torch.cuda.is_available()  # the windows are built in pinned memory, not copied there
+        dataset = TrainWindows(self.load_train(), self.layout(self.world_size), self.rank, start_step=start, pin_memory=pin)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
 
     @property
     def val_forward_tokens(self) -> int:
