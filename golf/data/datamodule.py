@@ -246,7 +246,8 @@ class GolfData(pl.LightningDataModule):
         # restored before this is called) continues exactly where the interrupted run was.
         start = self.trainer.global_step if self.trainer is not None else 0
         pin = self.pin_memory and torch.cuda.is_available()  # the windows are built in pinned memory, not copied there
-        dataset = TrainWindows(self.load_train(), self.layout(self.world_size), self.rank, start_step=start, pin_memory=pin)
+        layout = self.layout(self.world_size)
+        dataset = TrainWindows(self.load_train(), layout, self.rank, start_step=start, pin_memory=pin)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     @property

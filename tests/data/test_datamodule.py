@@ -53,7 +53,8 @@ def test_train_windows_are_shifted_targets_and_resume_exactly():
     assert batch.shape == (2, 3, 9)
     assert batch[0, 0].tolist() == list(range(9)) and batch[0, 1, 0] == 8  # windows share the boundary token
     span = 3 * 8 + 1  # each micro-step reads micro_tokens + 1 contiguous tokens
-    assert all(batch[m, r].tolist() == list(range(m * span + 8 * r, m * span + 8 * r + 9)) for m in range(2) for r in range(3))
+    for m in range(2):
+        assert all(batch[m, r].tolist() == list(range(m * span + 8 * r, m * span + 8 * r + 9)) for r in range(3))
     resumed = iter(TrainWindows(stream, lay, rank=0, start_step=5))
     assert torch.equal(next(resumed), TrainWindows(stream, lay, rank=0).batch(5))
 
