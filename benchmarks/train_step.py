@@ -9,7 +9,7 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
-torch.profiler summary of the second step after the timed ones, for every row (top GPU kernels, their share of GPU time,
+torch.profiler summary of one step after the timed ones, for every row (top GPU kernels, their share of GPU time,
 the time per kernel family, and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
 benchmarks/profile_script.py, which runs them unchanged); --cold-compile
 empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
@@ -145,21 +145,19 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
     profiled = {}
 
     class Timing(Callback):
-        """Times steps warmup..last; with ``profile``, two more steps, the second under torch.profiler from the end of
-        the first one's hooks to the end of its own (Lightning's between-step work included, as users pay it). The
-        step between leaves the timer's synchronisation behind: the profiled step starts with the host ahead of the
-        GPU, as in training."""
+        """Times steps warmup..last; with ``profile``, one more step under torch.profiler, from the end of the last
+        timed step's hooks to the end of the next one's (Lightning's between-step work included, as users pay it)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             timer.step_done(trainer.global_step)
             if trainer.global_step == last:
                 timer.ms = timer.finish() * 1e3
+                if profile:
+                    self.window = StepProfile(trace=trace).start()
             elif trainer.global_step == last + 1 and profile:
-                self.window = StepProfile(trace=trace).start()
-            elif trainer.global_step == last + 2 and profile:
                 profiled["profile"] = self.window.finish()
 
-    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + 2 * int(profile)}",
+    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + int(profile)}",
                                    "--trainer.val_check_interval=100000", "--trainer.logger=false",
                                    "--trainer.enable_checkpointing=false",
                                    *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
@@ -215,8 +213,7 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
     if profile:
         from profiling import profile_step  # benchmarks/profiling.py, beside this script
 
-        train_step(warmup + steps + 1)  # unsynchronised, so that the profiled step starts as in training
-        row["profile"] = profile_step(lambda: train_step(warmup + steps + 2), trace=trace)
+        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1), trace=trace)
     return row
 
 
