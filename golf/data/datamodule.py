@@ -71,9 +71,10 @@ class TrainWindows(IterableDataset):
         self.pin_memory = pin_memory
 
     def batch(self, step: int) -> torch.Tensor:
-        # Host time per step at 1,048,576 tokens (benchmarks/RESULTS.md, eighth session): an index gather per
-        # micro-batch, a stack and a fresh 8 MB batch (page faults) took ~9 ms on the GPU machine's host; now one
-        # reused span, a strided view of it copied once, and a batch from the caching host allocator.
+        # Host time of a 1,048,576-token batch on the H200 machine (benchmarks/RESULTS.md, eighth session): 9.5 ms
+        # with an index gather per micro-batch, a stack and the loader's pinning copy; 2.6 ms as a strided view of
+        # each span copied once into a batch from the caching host allocator. (The training step's time did not
+        # change beyond run-to-run noise: the host runs ahead of the GPU there.)
         lay = self.layout
         out = torch.empty(lay.accum, lay.micro_seqs, lay.seq_len + 1, dtype=torch.int64, pin_memory=self.pin_memory)
         span = torch.empty(lay.micro_tokens + 1, dtype=torch.int64)
