@@ -73,8 +73,8 @@ class TrainWindows(IterableDataset):
     def batch(self, step: int) -> torch.Tensor:
         # Host time of a 1,048,576-token batch on the H200 machine (benchmarks/RESULTS.md, eighth session): 9.5 ms
         # with an index gather per micro-batch, a stack and the loader's pinning copy; 2.6 ms as a strided view of
-        # each span copied once into a batch from the caching host allocator. (The training step's time did not
-        # change beyond run-to-run noise: the host runs ahead of the GPU there.)
+        # each span copied once into a batch from the caching host allocator. (An A/B of the training step stayed
+        # within the run-to-run spread.)
         lay = self.layout
         out = torch.empty(lay.accum, lay.micro_seqs, lay.seq_len + 1, dtype=torch.int64, pin_memory=self.pin_memory)
         span = torch.empty(lay.micro_tokens + 1, dtype=torch.int64)
