@@ -122,11 +122,11 @@ class GolfLM(pl.LightningModule):
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.backbone_config, self.optim_config, self.schedule_config = backbone, optimizer, schedule
         self.model = Backbone(backbone, vocab_size)
-        # non-persistent buffers are tables derived from the config (RoPE), equal on every rank: DDP would broadcast
-        # them from rank 0 before every forward
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, [f"{name}.{buf}" for name, module in self.named_modules() for buf in module._non_persistent_buffers_set]
-        )
+        # Non-persistent buffers are tables derived from the config (RoPE), equal on every rank: DDP would broadcast
+        # them from rank 0 before every forward. DDP's per-module ignore list (broadcast_buffers=False would be the
+        # strategy-wide switch, for buffers that do need it too).
+        derived = [f"{name}.{b}" for name, module in self.named_modules() for b in module._non_persistent_buffers_set]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, derived)
         self.compile = compile
         self.compile_regions = compile_regions
         self.compile_warmup_steps = compile_warmup_steps

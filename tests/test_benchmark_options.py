@@ -106,7 +106,8 @@ def test_profile_families_sort_kernels_by_name_and_sum_every_kernel(monkeypatch)
 
     timed = [("_bwd_dqkvg", 4.0, 1), ("mamba3_siso_fwd_kernel", 1.0, 1), ("nvjet_sm90_tst_256x128", 3.0, 2),
              ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", 2.0, 1), ("triton_red_fused__log_softmax_3", 5.0, 1),
-             ("ncclDevKernel_AllReduce_Sum_f32", 1.0, 1), ("Memset (Device)", 0.5, 1), ("void at::native::reduce_kernel", 3.5, 1)]
+             ("ncclDevKernel_AllReduce_Sum_f32", 1.0, 1), ("Memset (Device)", 0.5, 1),
+             ("void at::native::reduce_kernel", 3.5, 1)]
     got = families(timed, total=20.0)
     assert list(got) == ["ssm scan", "inductor", "other", "matmul", "attention", "collectives", "copies and fills"]
     assert got["ssm scan"]["ms"] == 5.0 / 1e3 and got["other"]["share"] == 3.5 / 20.0
@@ -134,5 +135,6 @@ def test_gpu_gaps_charges_idle_time_to_the_host_range_open_when_the_gpu_ran_dry(
     path.write_text(json.dumps({"traceEvents": events}))
     r = analyse(load_events(path), min_us=10)
     assert (r["span_ms"], r["busy_ms"], r["idle_ms"]) == pytest.approx((0.33, 0.15, 0.18))
-    assert r["gaps"] == [("Optimizer.step#GolfOptimizer.step > aten::add_", 0.16, 1), ("queued: GPU-side wait", 0.02, 1)]
+    assert r["gaps"] == [("Optimizer.step#GolfOptimizer.step > aten::add_", 0.16, 1),
+                         ("queued: GPU-side wait", 0.02, 1)]
     assert r["blocking"] == [("cudaStreamSynchronize in Optimizer.step#GolfOptimizer.step", 0.05, 1)]

@@ -60,7 +60,7 @@ class Rotary(nn.Module):
         return freqs.cos(), freqs.sin()
 
     def forward(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin`` of shape ``[1, 1, seq_len, dim / 2]`` (fp32) for positions ``offset .. offset + seq_len - 1``."""
+        """``cos, sin`` ``[1, 1, seq_len, dim / 2]`` (fp32) for positions ``offset .. offset + seq_len - 1``."""
         end = offset + seq_len
         if end <= self.cos_cached.size(0):
             cos, sin = self.cos_cached[offset:end].to(device), self.sin_cached[offset:end].to(device)
