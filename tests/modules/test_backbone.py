@@ -98,6 +98,21 @@ def test_rope_tables_are_cached_buffers_outside_checkpoints_and_ddp_and_match_th
     assert sorted(lm._ddp_params_and_buffers_to_ignore) == sorted(tables)
 
 
+def test_ddp_does_not_broadcast_the_rope_tables_but_keeps_every_parameter(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        lm = GolfLM(backbone=BackboneConfig(layers="ASA"))
+        ddp = torch.nn.parallel.DistributedDataParallel(lm)
+        tables = [b for n, b in lm.named_buffers() if n.endswith(("cos_cached", "sin_cached"))]
+        assert tables and not any(b is t for b in ddp.modules_buffers for t in tables)
+        synced = {id(p) for p in ddp.parameters() if p.requires_grad}
+        assert synced == {id(p) for p in lm.parameters()}
+    finally:
+        dist.destroy_process_group()
+
+
 def test_token_by_token_kv_cache_grows_in_place_and_branches_do_not_alias():
     from golf.modules.attention import KVCache
 
