@@ -7,6 +7,7 @@ export). The GPU timeline (kernels, copies, fills; all streams merged) is scanne
 between the step's first and last GPU activity. Each gap is charged to the host: the CPU ops open on the thread that
 launched the next GPU work, at the moment the gap began (outermost range, e.g. ``Optimizer.step#...`` or a compiled
 region, and innermost op). When that launch came before the gap began, the gap is a GPU-side wait ("queued").
+The host's lead (each kernel's start minus its launch) shows whether the host kept ahead of the GPU.
 Blocking host calls (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, synchronous
 ``cudaMemcpy``) are listed with the ops that issued them: each empties the GPU's queue.
 """
@@ -65,6 +66,15 @@ def _label(open_ops: list[dict]) -> str:
     return outer if outer == inner else f"{outer} > {inner}"
 
 
+def _quartiles(values: list[float]) -> dict[str, float]:
+    """min / median / max (ms) of microsecond values, and the last one (the host's lead at the window's end)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"min": ordered[0] / 1e3, "median": ordered[len(ordered) // 2] / 1e3, "max": ordered[-1] / 1e3,
+            "last": values[-1] / 1e3}  # fmt: skip
+
+
 def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     """GPU busy time, idle time and its gaps charged to host ranges, and the blocking host calls of one trace."""
     gpu = sorted((e for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
@@ -73,10 +83,12 @@ def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     launches = {_correlation(e): e for e in events if e.get("cat") in LAUNCH_CATEGORIES and _correlation(e) is not None}
     host = HostTimeline(events)
     window = (gpu[0]["ts"], max(e["ts"] + e["dur"] for e in gpu))
-    busy, idle = 0.0, defaultdict(lambda: [0.0, 0])
+    busy, idle, leads = 0.0, defaultdict(lambda: [0.0, 0]), []
     end = gpu[0]["ts"]
     for e in gpu:
         start, finish = e["ts"], e["ts"] + e["dur"]
+        if _correlation(e) in launches:  # how far ahead the host launched it: near 0, the GPU waits for the host
+            leads.append(start - launches[_correlation(e)]["ts"])
         if start - end >= min_us:
             launch = launches.get(_correlation(e))
             if launch is None:
@@ -99,6 +111,7 @@ def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     span = window[1] - window[0]
     return {
         "span_ms": span / 1e3, "busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3,
+        "host_lead_ms": _quartiles(leads),
         "gaps": sorted(((k, ms / 1e3, n) for k, (ms, n) in idle.items()), key=lambda r: -r[1]),
         "blocking": sorted(((k, ms / 1e3, n) for k, (ms, n) in blocking.items()), key=lambda r: -r[1]),
     }  # fmt: skip
@@ -115,6 +128,10 @@ def main() -> None:
         counted = sum(ms for _, ms, _ in r["gaps"])
         print(f"\n{path.name}: GPU busy {r['busy_ms']:.1f} ms of {r['span_ms']:.1f} ms, idle {r['idle_ms']:.1f} ms "
               f"({counted:.1f} ms in gaps >= {args.min_us:g} us)")
+        lead = r["host_lead_ms"]
+        if lead:
+            print(f"  host lead (GPU start - launch of each kernel): min {lead['min']:.2f}, "
+                  f"median {lead['median']:.2f}, max {lead['max']:.2f}, last {lead['last']:.2f} ms")
         print(f"  {'idle ms':>8} {'gaps':>6}  host ranges open when the GPU ran dry (outermost > innermost)")
         for key, ms, n in r["gaps"][: args.top]:
             print(f"  {ms:>8.2f} {n:>6}  {key[:160]}")

@@ -138,3 +138,4 @@ def test_gpu_gaps_charges_idle_time_to_the_host_range_open_when_the_gpu_ran_dry(
     assert r["gaps"] == [("Optimizer.step#GolfOptimizer.step > aten::add_", 0.16, 1),
                          ("queued: GPU-side wait", 0.02, 1)]
     assert r["blocking"] == [("cudaStreamSynchronize in Optimizer.step#GolfOptimizer.step", 0.05, 1)]
+    assert r["host_lead_ms"] == pytest.approx({"min": 0.01, "median": 0.035, "max": 0.08, "last": 0.035})
