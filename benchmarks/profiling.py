@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -71,9 +72,9 @@ def family(name: str) -> str:
 
 def families(timed: list[tuple[str, float, int]], total: float) -> dict[str, dict]:
     """Time and share of the step's kernel time per family, largest first (every kernel counted, not only the top)."""
-    ms: dict[str, float] = {}
+    ms: dict[str, float] = defaultdict(float)
     for name, t, _ in timed:
-        ms[family(name)] = ms.get(family(name), 0.0) + t
+        ms[family(name)] += t
     return {f: {"ms": t / 1e3, "share": t / total} for f, t in sorted(ms.items(), key=lambda kv: -kv[1])}
 
 
