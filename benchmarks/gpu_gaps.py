@@ -27,12 +27,22 @@ LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # Triton launches through t
 BLOCKING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
+class TraceError(ValueError):
+    """A file that is not a profiled GPU step's Chrome trace."""
+
+
 def load_events(path: Path) -> list[dict]:
+    """The complete ("X") events of a Chrome trace (``.json`` or ``.json.gz``)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X" and "dur" in e]
+    try:
+        with opener(path, "rt") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:  # missing, unreadable, not gzip, not JSON
+        raise TraceError(f"cannot read it as a Chrome trace ({type(e).__name__}: {e})") from e
+    events = data.get("traceEvents") if isinstance(data, dict) else data
+    if not isinstance(events, list):
+        raise TraceError("no traceEvents list in it")
+    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X" and "dur" in e]
 
 
 def _correlation(e: dict) -> int | None:
@@ -79,7 +89,7 @@ def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     """GPU busy time, idle time and its gaps charged to host ranges, and the blocking host calls of one trace."""
     gpu = sorted((e for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
     if not gpu:
-        raise SystemExit("no GPU activity in the trace: was it profiled on a GPU with CUDA activities?")
+        raise TraceError("no GPU kernels in it: profile on a CUDA machine")
     launches = {_correlation(e): e for e in events if e.get("cat") in LAUNCH_CATEGORIES and _correlation(e) is not None}
     host = HostTimeline(events)
     window = (gpu[0]["ts"], max(e["ts"] + e["dur"] for e in gpu))
@@ -124,7 +134,11 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     for path in args.trace:
-        r = analyse(load_events(path), args.min_us)
+        try:
+            r = analyse(load_events(path), args.min_us)
+        except TraceError as e:
+            fix = "write one with benchmarks/train_step.py --profile --trace-dir DIR"
+            raise SystemExit(f"{path}: {e}; {fix}") from None
         counted = sum(ms for _, ms, _ in r["gaps"])
         print(f"\n{path.name}: GPU busy {r['busy_ms']:.1f} ms of {r['span_ms']:.1f} ms, idle {r['idle_ms']:.1f} ms "
               f"({counted:.1f} ms in gaps >= {args.min_us:g} us)")

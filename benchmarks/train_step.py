@@ -401,12 +401,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.devices > 1 and args.rows != ["golf"]:
         raise SystemExit("--devices > 1 times the golf row only: pass --rows golf")
+    if args.trace_dir and not args.profile:
+        raise SystemExit("--trace-dir writes the profiled step's trace: pass --profile too")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.trace_dir:
-        if not args.profile:
-            raise SystemExit("--trace-dir writes the profiled step's trace: pass --profile too")
         args.trace_dir.mkdir(parents=True, exist_ok=True)
     rows = run_concurrently(args) if args.gpus else run_rows(args)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0 or any(r.get("rank", 0) != 0 for r in rows):

@@ -139,3 +139,24 @@ def test_gpu_gaps_charges_idle_time_to_the_host_range_open_when_the_gpu_ran_dry(
                          ("queued: GPU-side wait", 0.02, 1)]
     assert r["blocking"] == [("cudaStreamSynchronize in Optimizer.step#GolfOptimizer.step", 0.05, 1)]
     assert r["host_lead_ms"] == pytest.approx({"min": 0.01, "median": 0.035, "max": 0.08, "last": 0.035})
+
+
+@pytest.mark.parametrize("content", ["not json", '{"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::add", '
+                                     '"ts": 0, "dur": 5, "pid": 0, "tid": 1}]}'])
+def test_gpu_gaps_refuses_a_file_that_is_no_gpu_trace_in_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "trace.json"
+    path.write_text(content)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_gaps.py"), str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0
+    message = run.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: ") and "--trace-dir" in message
+
+
+def test_train_step_refuses_trace_dir_without_profile_before_any_work(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--trace-dir", str(tmp_path / "t"),
+           "--out", str(tmp_path / "out" / "x.json")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1] == (
+        "--trace-dir writes the profiled step's trace: pass --profile too")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "out").exists()
