@@ -260,6 +260,18 @@ def test_triton_gla_state_kernels_split_over_p(monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_triton_gla_parallel_kernels_loop_over_chunks(monkeypatch, chunks):
+    """The chunk-parallel kernels with several chunks per program, NT not a multiple of them (T 130, chunk 16: 9
+    chunks), the last program's loop cut short."""
+    from golf.kernels.ssm_scan import triton_chunk
+
+    for name in ("fwd_output", "bwd_dqkvg"):
+        monkeypatch.setitem(triton_chunk.LAUNCH_CONFIG, name, dict(triton_chunk.LAUNCH_CONFIG[name], chunks=chunks))
+    _check_triton_gla(2, 130, 2, 16, 16, 16, True, True, output_stage=True)
+
+
+@needs_triton
 def test_triton_gla_reads_v_and_z_as_column_slices_without_a_copy():
     """The mixer's v and z are column slices of in_proj's output (row stride > H * P): the kernels read them in
     place."""
