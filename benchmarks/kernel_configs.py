@@ -33,9 +33,9 @@ BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computat
 GLA_GROUPS = {
     "fwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
     "bwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
-    "fwd_output": dict(chunks=[1, 2, 4], num_warps=[4, 8], num_stages=[1, 2, 3]),
-    "bwd_output_stage": dict(num_warps=[2, 4, 8], num_stages=[1, 2]),
-    "bwd_dqkvg": dict(chunks=[1, 2, 4], num_warps=[4, 8], num_stages=[1, 2, 3]),
+    "fwd_output": dict(chunks=[2, 4, 8], num_warps=[4], num_stages=[2, 3, 4]),
+    "bwd_output_stage": dict(chunks=[1, 2, 4], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
+    "bwd_dqkvg": dict(chunks=[1, 2, 4], num_warps=[4], num_stages=[2, 3, 4]),
 }
 # fast_trig 0 and the register cap did not win in the fourth session's sweep or the sixth session's A/B (RESULTS.md):
 # they stay launch settings (ssm_kernel.py --launch) but leave the sweep. The seventh session's sweep found 1-warp

@@ -186,6 +186,18 @@ def _bwd_states(
 @triton.jit
 def _bwd_output_stage(
     v, skip, z, u, dy, do, dskip, dz,
+    T, NT, s_vt, s_zt,
+    H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
+    CHUNKS: tl.constexpr,
+):  # fmt: skip
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
+        _bwd_output_stage_chunk(v, skip, z, u, dy, do, dskip, dz, i_t, i_bh, T, s_vt, s_zt, H, P, BT, HAS_SKIP, HAS_Z)
+
+
+@triton.jit
+def _bwd_output_stage_chunk(
+    v, skip, z, u, dy, do, dskip, dz, i_t, i_bh,
     T, s_vt, s_zt,
     H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
@@ -193,7 +205,6 @@ def _bwd_output_stage(
     below), dz from the u that the forward saved, dskip = sum_p do v. A kernel of its own: in ``_bwd_dqkvg`` the same
     work cost 0.22 ms instead of this kernel's 0.10 (B 32, T 1024, H 16, P 64 on an H200: it is at bandwidth here,
     while there it held the register-bound kernel's tiles longer)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
     offs_p = tl.arange(0, P)
@@ -343,7 +354,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "fwd_output": {"chunks": 1, "num_warps": 4, "num_stages": 1},
-    "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
+    "bwd_output_stage": {"chunks": 1, "num_warps": 4, "num_stages": 1},
     "bwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "bwd_dqkvg": {"chunks": 1, "num_warps": 4, "num_stages": 2},
 }
@@ -469,11 +480,11 @@ def gla_chunk_bwd_triton(
     if v_skip is not None or gate is not None:
         do = torch.empty_like(dy)
         cfg = _config("bwd_output_stage", p)
-        _bwd_output_stage[(nt, b * h)](
+        _bwd_output_stage[(triton.cdiv(nt, cfg["chunks"]), b * h)](
             v, g if v_skip is None else v_skip, v if gate is None else gate, dy if gate is None else u.to(v.dtype),
             dy, do, g if dskip is None else dskip, dy if dz is None else dz,
-            t, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
-            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
+            t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
+            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None, CHUNKS=cfg["chunks"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
     cfg = _config("bwd_states", p)
