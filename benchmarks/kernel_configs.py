@@ -33,10 +33,13 @@ BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computat
 GLA_GROUPS = {
     "fwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
     "bwd_states": dict(bv=[16, 32, 64], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
-    "fwd_output": dict(chunks=[2, 4, 8], num_warps=[4], num_stages=[2, 3, 4]),
-    "bwd_output_stage": dict(chunks=[1, 2, 4], num_warps=[2, 4, 8], num_stages=[1, 2, 3]),
-    "bwd_dqkvg": dict(chunks=[1, 2, 4], num_warps=[4], num_stages=[2, 3, 4]),
+    "fwd_output": dict(chunks=[1, 2, 4, 8], num_warps=[4], num_stages=[2, 3]),
+    "bwd_output_stage": dict(num_warps=[2, 4, 8], num_stages=[1, 2]),
+    "bwd_dqkvg": dict(chunks=[1, 2, 4], num_warps=[4], num_stages=[2, 3]),
 }
+# The ninth session's sweep (chunks per program added) at B 8 and 32, T 4096: 8 warps, num_stages 1 and 4 slower for
+# both chunk-parallel kernels at every chunk count, and _bwd_output_stage (at ~80% of the H200's bandwidth) equal
+# within 0.01 ms in every setting, so those left the sweep and _bwd_output_stage kept one chunk per program.
 # fast_trig 0 and the register cap did not win in the fourth session's sweep or the sixth session's A/B (RESULTS.md):
 # they stay launch settings (ssm_kernel.py --launch) but leave the sweep. The seventh session's sweep found 1-warp
 # heavy kernels at BT 16 fastest (one warp has no block-wide barriers at the per-head reductions and scans), its

@@ -58,8 +58,11 @@ COMPILE_ALL = textwrap.dedent('''
     compile_kernel(tc._fwd_states, dict(gla, BV=64, HAS_H0=True))
     compile_kernel(tc._bwd_states, dict(gla, BV=32, HAS_DHT=True))
     for stage in (True, False):  # with the output stage (Mamba-3) and without (the bare GLA core)
-        compile_kernel(tc._fwd_output, dict(gla, HAS_SKIP=stage, HAS_Z=stage))
-        compile_kernel(tc._bwd_dqkvg, dict(gla, HAS_SKIP=stage))
+        for name, fn, flags in (("fwd_output", tc._fwd_output, dict(HAS_SKIP=stage, HAS_Z=stage)),
+                                ("bwd_dqkvg", tc._bwd_dqkvg, dict(HAS_SKIP=stage))):
+            cfg = tc.LAUNCH_CONFIG[name]  # the shipped chunk loop, software-pipelined as launched
+            compile_kernel(fn, dict(gla, **flags, CHUNKS=cfg["chunks"]), num_warps=cfg["num_warps"],
+                           num_stages=cfg["num_stages"])
     compile_kernel(tc._bwd_output_stage, dict(H=16, P=64, BT=64, HAS_SKIP=True, HAS_Z=True))
 ''')
 

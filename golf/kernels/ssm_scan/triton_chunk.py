@@ -9,11 +9,12 @@ kernels, fla-style (one sequential pass over chunks per (b, h) for the states, t
 forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
-     the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid (NT, B*H).
+     the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid
+     (NT / chunks, B*H), each program looping over its chunks.
 backward (the chunk states come from the forward: saved, ``B T H P N / C`` elements, rather than recomputed)
   3. ``_bwd_output_stage`` (with skip or gate): o's gradient ``do = dy silu(z)``, dz (from u), dskip; grid (NT, B*H).
   4. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
-  5. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of one chunk; grid (NT, B*H).
+  5. ``_bwd_dqkvg``: dq, dk, dv (with the skip term) and the log-decay gradient of a chunk; grid (NT / chunks, B*H).
 
 Measured on an H200 (B 32, T 1024, H 16, P = N = 64; ``benchmarks/RESULTS.md``): the output stage in the forward
 kernels and a bandwidth-bound kernel of its own in the backward replace four Inductor kernels (0.27 ms) with 0.13 ms.
@@ -186,18 +187,6 @@ def _bwd_states(
 @triton.jit
 def _bwd_output_stage(
     v, skip, z, u, dy, do, dskip, dz,
-    T, NT, s_vt, s_zt,
-    H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
-    CHUNKS: tl.constexpr,
-):  # fmt: skip
-    i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
-        _bwd_output_stage_chunk(v, skip, z, u, dy, do, dskip, dz, i_t, i_bh, T, s_vt, s_zt, H, P, BT, HAS_SKIP, HAS_Z)
-
-
-@triton.jit
-def _bwd_output_stage_chunk(
-    v, skip, z, u, dy, do, dskip, dz, i_t, i_bh,
     T, s_vt, s_zt,
     H: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
@@ -205,6 +194,7 @@ def _bwd_output_stage_chunk(
     below), dz from the u that the forward saved, dskip = sum_p do v. A kernel of its own: in ``_bwd_dqkvg`` the same
     work cost 0.22 ms instead of this kernel's 0.10 (B 32, T 1024, H 16, P 64 on an H200: it is at bandwidth here,
     while there it held the register-bound kernel's tiles longer)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
     offs_p = tl.arange(0, P)
@@ -351,12 +341,16 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # Launch parameters per kernel for N = P = 64, chunk 64, swept in GPU time on an H200 (benchmarks/kernel_configs.py,
 # RESULTS.md). "bv": P-tile of the sequential state kernels (more programs for the serial chunk loop; the backward's
 # walk is 0.019 ms faster at B 32, T 1024 with one 64-wide program per head than with two, and equal at B 8, T 4096).
+# "chunks": chunks per program of the chunk-parallel kernels, which loop over them: with num_stages 3 the compiler's
+# software pipeline loads the next chunk's tiles while this one computes. These kernels hold too many registers for
+# more than a few programs per SM, so one chunk per program left the loads exposed: at B 32, T 4096 _fwd_output
+# 0.88 -> 0.65 ms and _bwd_dqkvg 0.98 -> 0.81 ms.
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
-    "fwd_output": {"chunks": 1, "num_warps": 4, "num_stages": 1},
-    "bwd_output_stage": {"chunks": 1, "num_warps": 4, "num_stages": 1},
+    "fwd_output": {"chunks": 4, "num_warps": 4, "num_stages": 3},
+    "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
     "bwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
-    "bwd_dqkvg": {"chunks": 1, "num_warps": 4, "num_stages": 2},
+    "bwd_dqkvg": {"chunks": 2, "num_warps": 4, "num_stages": 3},
 }
 
 
@@ -480,11 +474,11 @@ def gla_chunk_bwd_triton(
     if v_skip is not None or gate is not None:
         do = torch.empty_like(dy)
         cfg = _config("bwd_output_stage", p)
-        _bwd_output_stage[(triton.cdiv(nt, cfg["chunks"]), b * h)](
+        _bwd_output_stage[(nt, b * h)](
             v, g if v_skip is None else v_skip, v if gate is None else gate, dy if gate is None else u.to(v.dtype),
             dy, do, g if dskip is None else dskip, dy if dz is None else dz,
-            t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
-            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None, CHUNKS=cfg["chunks"],
+            t, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
+            H=h, P=p, BT=chunk_size, HAS_SKIP=v_skip is not None, HAS_Z=gate is not None,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
     cfg = _config("bwd_states", p)
