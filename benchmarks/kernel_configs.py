@@ -49,6 +49,18 @@ PROLOGUE_GROUP = dict(bt=[8, 16], num_warps=[1, 2], fwd_num_warps=[1, 2], bwd_nu
                       bwd_maxnreg=[0], fast_trig=[1], fix_heads=[4, 8])
 
 
+def in_proj_columns(z: torch.Tensor, v: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z and v laid out as in training: column slices of one input-projection output ``[B, T, 2 H P + extra]``
+    (the mixer's z, x, B, C, dt, A, trap, angles), read by the kernels at that row stride. With contiguous z and v
+    the ninth session's sweep chose 4 chunks per program for ``_fwd_output``, which was slower in the training step
+    (RESULTS.md)."""
+    b, t, h, p = v.shape
+    buf = torch.zeros(b, t, 2 * h * p + extra, dtype=v.dtype, device=v.device)
+    buf[..., : h * p] = z.reshape(b, t, h * p)
+    buf[..., h * p : 2 * h * p] = v.reshape(b, t, h * p)
+    return buf[..., : h * p].view(b, t, h, p).detach(), buf[..., h * p : 2 * h * p].view(b, t, h, p).detach()
+
+
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
     keys = list(space)
     return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
@@ -125,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     inp = make_inputs(args.batch, args.seqlen, device=device)
     b, t, h = inp["v"].shape[:3]
     n = inp["q"].shape[-1]
+    z, v = in_proj_columns(inp["z"], inp["v"], extra=2 * n + 3 * h + inp["angles"].shape[-1])
     gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
-               v=inp["v"].clone(), g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=inp["z"].clone())
+               v=v, g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=z)
     gla_leaves = [x.requires_grad_() for x in gla.values()]
     pro_keys = ("q", "k", "dt", "trap", "q_bias", "k_bias", "angles")
     pro = {key: inp[key].detach().clone().requires_grad_() for key in pro_keys}
