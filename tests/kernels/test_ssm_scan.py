@@ -260,7 +260,7 @@ def test_triton_gla_state_kernels_split_over_p(monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("chunks", [2, 3])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_triton_gla_parallel_kernels_loop_over_chunks(monkeypatch, chunks):
     """The chunk-parallel kernels with several chunks per program, NT not a multiple of them (T 130, chunk 16: 9
     chunks), the last program's loop cut short."""

@@ -104,9 +104,13 @@ def _fwd_output(
     HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
-        _fwd_output_chunk(q, k, v, g, hs, skip, z, y, u, i_t, i_bh, T, NT, s_vt, s_zt,
+    if CHUNKS == 1:  # no loop: in the training step this compiled faster than a loop of one chunk (RESULTS.md)
+        _fwd_output_chunk(q, k, v, g, hs, skip, z, y, u, i_c, i_bh, T, NT, s_vt, s_zt,
                           H, N, P, BT, DOT_PREC, HAS_SKIP, HAS_Z)  # fmt: skip
+    else:
+        for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
+            _fwd_output_chunk(q, k, v, g, hs, skip, z, y, u, i_t, i_bh, T, NT, s_vt, s_zt,
+                              H, N, P, BT, DOT_PREC, HAS_SKIP, HAS_Z)  # fmt: skip
 
 
 @triton.jit
