@@ -10,7 +10,7 @@ forward
   1. ``_fwd_states``: state before every chunk (``hs``, input dtype) and the final state (fp32); grid (P/BV, B*H).
   2. ``_fwd_output``: intra-chunk attention + output from the chunk's state, then the output stage in fp32 before
      the one rounding; with a gate it also writes ``u = o + skip v`` (input dtype) for the backward; grid
-     (NT / chunks, B*H), each program looping over its chunks.
+     (NT / chunks, B*H).
 backward (the chunk states come from the forward: saved, ``B T H P N / C`` elements, rather than recomputed)
   3. ``_bwd_output_stage`` (with skip or gate): o's gradient ``do = dy silu(z)``, dz (from u), dskip; grid (NT, B*H).
   4. ``_bwd_states``: gradient of the state after every chunk (``dhs``) and of the initial state; grid (P/BV, B*H).
@@ -104,7 +104,7 @@ def _fwd_output(
     HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    if CHUNKS == 1:  # no loop: in the training step this compiled faster than a loop of one chunk (RESULTS.md)
+    if CHUNKS == 1:  # no loop: 0.60 ms a call in the training step, a loop of one chunk 0.92 (RESULTS.md)
         _fwd_output_chunk(q, k, v, g, hs, skip, z, y, u, i_c, i_bh, T, NT, s_vt, s_zt,
                           H, N, P, BT, DOT_PREC, HAS_SKIP, HAS_Z)  # fmt: skip
     else:
@@ -345,13 +345,14 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # Launch parameters per kernel for N = P = 64, chunk 64, swept in GPU time on an H200 (benchmarks/kernel_configs.py,
 # RESULTS.md). "bv": P-tile of the sequential state kernels (more programs for the serial chunk loop; the backward's
 # walk is 0.019 ms faster at B 32, T 1024 with one 64-wide program per head than with two, and equal at B 8, T 4096).
-# "chunks": chunks per program of the chunk-parallel kernels, which loop over them: with num_stages 3 the compiler's
-# software pipeline loads the next chunk's tiles while this one computes. These kernels hold too many registers for
-# more than a few programs per SM, so one chunk per program left the loads exposed: at B 32, T 4096 _fwd_output
-# 0.88 -> 0.65 ms and _bwd_dqkvg 0.98 -> 0.81 ms.
+# "chunks": chunks per program of the chunk-parallel kernels, which loop over them (1: no loop): with num_stages 3 the
+# compiler's software pipeline loads the next chunk's tiles while this one computes. _bwd_dqkvg holds too many
+# registers for more than a few programs per SM, so one chunk per program left its loads exposed: in the hybrid's
+# training step (B 32, T 4096) 1.12 -> 0.85 ms a call. _fwd_output gained in the kernel benchmark (0.88 -> 0.65 ms)
+# but lost in the training step (0.60 -> 0.72 ms; a loop of one chunk 0.92), so it keeps one chunk without a loop.
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
-    "fwd_output": {"chunks": 4, "num_warps": 4, "num_stages": 3},
+    "fwd_output": {"chunks": 1, "num_warps": 4, "num_stages": 1},
     "bwd_output_stage": {"num_warps": 4, "num_stages": 1},
     "bwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "bwd_dqkvg": {"chunks": 2, "num_warps": 4, "num_stages": 3},
