@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from provenance import code_commit  # benchmarks/provenance.py, beside this script
-from ssm_kernel import CHUNK, backward_step, gpu_ms, make_inputs  # benchmarks/ssm_kernel.py, beside this script
+from ssm_kernel import CHUNK, backward_step, gpu_ms, in_proj_columns, make_inputs  # benchmarks/ssm_kernel.py
 
 BF16_LIMIT = 2e-2  # relative RMS between two settings of the same bf16 computation (only the tiling differs)
 
@@ -47,18 +47,6 @@ GLA_GROUPS = {
 # 228 at BT 8): 0.377 ms against BT 8's 0.307 at B 32, T 1024, so it left the sweep again.
 PROLOGUE_GROUP = dict(bt=[8, 16], num_warps=[1, 2], fwd_num_warps=[1, 2], bwd_num_warps=[1, 2],
                       bwd_maxnreg=[0], fast_trig=[1], fix_heads=[4, 8])
-
-
-def in_proj_columns(z: torch.Tensor, v: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z and v laid out as in training: column slices of one input-projection output ``[B, T, 2 H P + extra]``
-    (the mixer's z, x, B, C, dt, A, trap, angles), read by the kernels at that row stride. A sweep is still checked in
-    the training step: the ninth session's chose 4 chunks per program for ``_fwd_output`` (with contiguous z, v),
-    which was slower there (RESULTS.md)."""
-    b, t, h, p = v.shape
-    buf = torch.zeros(b, t, 2 * h * p + extra, dtype=v.dtype, device=v.device)
-    buf[..., : h * p] = z.reshape(b, t, h * p)
-    buf[..., h * p : 2 * h * p] = v.reshape(b, t, h * p)
-    return buf[..., : h * p].view(b, t, h, p).detach(), buf[..., h * p : 2 * h * p].view(b, t, h, p).detach()
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
@@ -137,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     inp = make_inputs(args.batch, args.seqlen, device=device)
     b, t, h = inp["v"].shape[:3]
     n = inp["q"].shape[-1]
+    # z, v as the mixer passes them. A sweep's winner is still checked in the training step: the ninth session's
+    # (contiguous z, v) chose 4 chunks per program for _fwd_output, which was slower there (RESULTS.md)
     z, v = in_proj_columns(inp["z"], inp["v"], extra=2 * n + 3 * h + inp["angles"].shape[-1])
     gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
                v=v, g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=z)

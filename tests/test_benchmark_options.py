@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 from golf.kernels.ssm_scan import triton_chunk, triton_prologue
@@ -33,6 +34,21 @@ def test_launch_overrides_set_the_kernels_settings_and_are_returned(ssm_kernel):
 def test_a_bad_launch_override_is_a_one_line_error_naming_it(ssm_kernel, item):
     with pytest.raises(SystemExit, match=rf"^--launch {item}: expected prologue\.KEY=VALUE or KERNEL\.KEY=VALUE"):
         ssm_kernel.apply_launch_overrides([item])
+
+
+def test_the_mixer_layout_row_reads_v_and_z_as_in_proj_column_slices(ssm_kernel):
+    """The kernel benchmark's mixer-layout row: v, z column slices of one [B, T, 2 H P + extra] buffer with the
+    inputs' values, angles a stride-0 expand over heads, every leaf a fresh tensor that receives a gradient."""
+    inp = ssm_kernel.make_inputs(1, 8, device="cpu")
+    mixer, leaves = ssm_kernel.mixer_layout(inp)
+    h, p = inp["v"].shape[2:]
+    assert mixer["v"].stride(1) == mixer["z"].stride(1) == 2 * h * p + 2 * ssm_kernel.D_STATE + 3 * h + ssm_kernel.N_ANGLES
+    assert mixer["v"].data_ptr() - mixer["z"].data_ptr() == h * p * inp["v"].element_size()
+    assert torch.equal(mixer["v"], inp["v"]) and torch.equal(mixer["z"], inp["z"])
+    assert mixer["angles"].stride(2) == 0 and torch.equal(mixer["angles"][:, :, 0], inp["angles"][:, :, 0])
+    assert all(x.is_leaf and x.requires_grad for x in leaves) and len(leaves) == len(inp)
+    sum((x.float() * 1).sum() for x in mixer.values()).backward()
+    assert all(x.grad is not None for x in leaves)
 
 
 TOY_TRAINING_SCRIPT = '''
