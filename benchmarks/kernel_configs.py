@@ -37,9 +37,10 @@ GLA_GROUPS = {
     "bwd_output_stage": dict(num_warps=[2, 4, 8], num_stages=[1, 2]),
     "bwd_dqkvg": dict(chunks=[1, 2, 4], num_warps=[4], num_stages=[2, 3]),
 }
-# The ninth session's sweep (chunks per program added) at B 8 and 32, T 4096: 8 warps, num_stages 1 and 4 slower for
-# both chunk-parallel kernels at every chunk count, and _bwd_output_stage (at ~80% of the H200's bandwidth) equal
-# within 0.01 ms in every setting, so those left the sweep and _bwd_output_stage kept one chunk per program.
+# The ninth session's sweep (chunks per program added) at B 8 and 32, T 4096: 8 warps and num_stages 4 slower for
+# both chunk-parallel kernels at every chunk count, num_stages 1 slower for their loops (chunks=1 is the loop-free
+# kernel, shipped at 1 and 2 before), and _bwd_output_stage (at ~80% of the H200's bandwidth) equal within 0.01 ms in
+# every setting, so those left the sweep and _bwd_output_stage kept one chunk per program.
 # fast_trig 0 and the register cap did not win in the fourth session's sweep or the sixth session's A/B (RESULTS.md):
 # they stay launch settings (ssm_kernel.py --launch) but leave the sweep. The seventh session's sweep found 1-warp
 # heavy kernels at BT 16 fastest (one warp has no block-wide barriers at the per-head reductions and scans), its
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     inp = make_inputs(args.batch, args.seqlen, device=device)
     b, t, h = inp["v"].shape[:3]
     n = inp["q"].shape[-1]
-    # z, v as the mixer passes them. A sweep's winner is still checked in the training step: the ninth session's
-    # (contiguous z, v) chose 4 chunks per program for _fwd_output, which was slower there (RESULTS.md)
+    # z, v as the mixer passes them; a sweep's winner is still checked in the training step (RESULTS.md, ninth session)
     z, v = in_proj_columns(inp["z"], inp["v"], extra=2 * n + 3 * h + inp["angles"].shape[-1])
     gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
                v=v, g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=z)

@@ -104,7 +104,7 @@ def _fwd_output(
     HAS_SKIP: tl.constexpr, HAS_Z: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    if CHUNKS == 1:  # no loop: 0.60 ms a call in the training step, a loop of one chunk 0.92 (RESULTS.md)
+    if CHUNKS == 1:  # no loop: 0.60 ms a call in the training step, a loop of one iteration 0.92 (RESULTS.md)
         _fwd_output_chunk(q, k, v, g, hs, skip, z, y, u, i_c, i_bh, T, NT, s_vt, s_zt,
                           H, N, P, BT, DOT_PREC, HAS_SKIP, HAS_Z)  # fmt: skip
     else:
@@ -227,9 +227,13 @@ def _bwd_dqkvg(
     HAS_SKIP: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
-        _bwd_dqkvg_chunk(q, k, v, g, hs, dhs, skip, do, dq, dk, dv, dg, i_t, i_bh, T, NT, s_vt,
+    if CHUNKS == 1:  # no loop, as _fwd_output: a loop of one iteration compiles differently
+        _bwd_dqkvg_chunk(q, k, v, g, hs, dhs, skip, do, dq, dk, dv, dg, i_c, i_bh, T, NT, s_vt,
                          H, N, P, BT, DOT_PREC, HAS_SKIP)  # fmt: skip
+    else:
+        for i_t in range(i_c * CHUNKS, tl.minimum(i_c * CHUNKS + CHUNKS, NT)):
+            _bwd_dqkvg_chunk(q, k, v, g, hs, dhs, skip, do, dq, dk, dv, dg, i_t, i_bh, T, NT, s_vt,
+                             H, N, P, BT, DOT_PREC, HAS_SKIP)  # fmt: skip
 
 
 @triton.jit
@@ -348,8 +352,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # "chunks": chunks per program of the chunk-parallel kernels, which loop over them (1: no loop): with num_stages 3 the
 # compiler's software pipeline loads the next chunk's tiles while this one computes. _bwd_dqkvg holds too many
 # registers for more than a few programs per SM, so one chunk per program left its loads exposed: in the hybrid's
-# training step (B 32, T 4096) 1.12 -> 0.85 ms a call. _fwd_output gained in the kernel benchmark (0.88 -> 0.65 ms)
-# but lost in the training step (0.60 -> 0.72 ms; a loop of one chunk 0.92), so it keeps one chunk without a loop.
+# training step (B 32, T 4096) 1.12 -> 0.85 ms a call. _fwd_output's 4-chunk loop took 0.72 ms there against the
+# loop-free kernel's 0.60 (a loop of one iteration: 0.92), so it stays loop-free.
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd_states": {"bv": 64, "num_warps": 4, "num_stages": 2},
     "fwd_output": {"chunks": 1, "num_warps": 4, "num_stages": 1},
