@@ -23,7 +23,9 @@ for the hybrids) on one GPU, grad accumulation 8 as in the challenge:
   peer        the challenge's `train_gpt.py` (baseline) or the best SSM entry's `train_mamba3_hybrid.py`
               (hybrids), unchanged, passed by path from --peers, on the same shards; step time read from its log.
 Columns: ms/step (median-free: total time of the timed steps / steps, after warm-up, CUDA-synchronised at both
-ends), tokens/s, MFU, peak memory, compile+warm-up seconds (process start of the row -> first timed step).
+ends), tokens/s, MFU, peak memory, compile+warm-up seconds (process start of the row -> first timed step). The note
+gives the golf row's Lightning overhead (against bare), its speed-up against the peer, and its tokens/s over the
+--reference config's golf row (default baseline_sp1024: the hybrid-vs-baseline target) when those rows ran too.
 
 MFU counts model FLOPs per token as 6 x (matmul parameters, the tied head included, embedding lookups excluded)
 + attention 6 * T * d_attn per attention layer (causal QK^T and AV, fwd+bwd) + the SSM scan 3 x H x (Q (N + P) + 4 N P)
@@ -341,8 +343,12 @@ def run_concurrently(args) -> list[dict]:
     return rows
 
 
-def compare(rows: list[dict], configs: list[str]) -> None:
+def compare(rows: list[dict], configs: list[str], reference: str | None = None) -> None:
+    """Adds to each golf row its Lightning overhead against the bare row, its speed-up against the peer and, for the
+    golf rows of the other configs, its tokens/s over the ``reference`` config's golf row (the hybrid-vs-baseline
+    target), when those rows ran in this run."""
     by = {(r["config"], r["row"]): r for r in rows}
+    ref = by.get((reference, "golf"), {})
     for config in configs:
         g, b = by.get((config, "golf"), {}), by.get((config, "bare"), {})
         if "ms_per_step" in g and "ms_per_step" in b:
@@ -350,6 +356,8 @@ def compare(rows: list[dict], configs: list[str]) -> None:
         p = by.get((config, "peer"), {})
         if "ms_per_step" in g and "ms_per_step" in p:
             g["speedup_vs_peer"] = p["ms_per_step"] / g["ms_per_step"]
+        if config != reference and g.get("tokens_per_s") and ref.get("tokens_per_s"):
+            g["tokens_per_s_vs_reference"] = {"config": reference, "ratio": g["tokens_per_s"] / ref["tokens_per_s"]}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -363,7 +371,10 @@ def print_table(rows: list[dict]) -> None:
         if "lightning_overhead_pct" in r:
             note += f"Lightning overhead {r['lightning_overhead_pct']:+.1f}% "
         if "speedup_vs_peer" in r:
-            note += f"{r['speedup_vs_peer']:.2f}x peer"
+            note += f"{r['speedup_vs_peer']:.2f}x peer "
+        if "tokens_per_s_vs_reference" in r:
+            ref = r["tokens_per_s_vs_reference"]
+            note += f"{ref['ratio']:.3f}x {ref['config']}'s tokens/s"
         print(f"{r['config']:<{w}}{r['row']:<6}{r['ms_per_step']:>9.1f}{r.get('tokens_per_s', 0):>12,.0f}"
               f"{r.get('mfu', float('nan')):>7.1%}{(r.get('peak_mem_gb') or float('nan')):>9.1f}"
               f"{(r.get('compile_warmup_s') or float('nan')):>10.1f}  {note}")
@@ -397,6 +408,8 @@ def main() -> None:
                     "Chrome trace there (read by benchmarks/gpu_gaps.py)")
     ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "
                     "its first row's compile column is a cold start (later rows of the config reuse that cache)")
+    ap.add_argument("--reference", default="baseline_sp1024", help="the config whose golf tokens/s the other golf "
+                    "rows are divided by in the note and the JSON (the hybrid-vs-baseline target), when it ran too")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json")
     args = ap.parse_args()
     if args.devices > 1 and args.rows != ["golf"]:
@@ -411,7 +424,7 @@ def main() -> None:
     rows = run_concurrently(args) if args.gpus else run_rows(args)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0 or any(r.get("rank", 0) != 0 for r in rows):
         return  # a DDP child of the golf row: rank 0 reports
-    compare(rows, args.configs)
+    compare(rows, args.configs, args.reference)
     print_table(rows)
     out = dict(device=device_name(), torch=torch.__version__, date=datetime.now(timezone.utc).isoformat(),
                commit=code_commit(),

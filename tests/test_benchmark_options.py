@@ -176,3 +176,23 @@ def test_train_step_refuses_trace_dir_without_profile_before_any_work(tmp_path):
     assert run.returncode != 0 and run.stderr.strip().splitlines()[-1] == (
         "--trace-dir writes the profiled step's trace: pass --profile too")
     assert not (tmp_path / "t").exists() and not (tmp_path / "out").exists()
+
+
+def test_train_step_compares_each_golf_row_with_its_bare_row_peer_and_the_reference_config(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_step
+
+    rows = [dict(config="baseline_sp1024", row="golf", ms_per_step=280.0, tokens_per_s=1_872_457.0),
+            dict(config="baseline_sp1024", row="peer", ms_per_step=310.0),
+            dict(config="hybrid_sp1024", row="golf", ms_per_step=600.0, tokens_per_s=1_747_626.0),
+            dict(config="hybrid_sp1024", row="bare", ms_per_step=597.0, tokens_per_s=1_756_408.0),
+            dict(config="hybrid_sp8192", row="golf", error="exit 1")]
+    train_step.compare(rows, ["baseline_sp1024", "hybrid_sp1024", "hybrid_sp8192"], "baseline_sp1024")
+    base, _, hybrid, bare, failed = rows
+    assert base["speedup_vs_peer"] == pytest.approx(310 / 280) and "tokens_per_s_vs_reference" not in base
+    assert hybrid["lightning_overhead_pct"] == pytest.approx(100 * (600 / 597 - 1))
+    assert hybrid["tokens_per_s_vs_reference"] == {"config": "baseline_sp1024", "ratio": pytest.approx(0.9333, abs=1e-4)}
+    assert "tokens_per_s_vs_reference" not in bare and "tokens_per_s_vs_reference" not in failed
+    alone = [dict(config="hybrid_sp1024", row="golf", ms_per_step=600.0, tokens_per_s=1_747_626.0)]
+    train_step.compare(alone, ["hybrid_sp1024"], "baseline_sp1024")  # the reference did not run: no ratio
+    assert "tokens_per_s_vs_reference" not in alone[0]
