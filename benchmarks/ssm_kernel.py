@@ -143,7 +143,7 @@ def golf_cases(inp: dict, flops) -> list:
     return [
         Case("golf triton (eager wrapper)", call("triton"), leaves, flops),
         Case("golf triton (compiled wrapper)", compiled("triton"), leaves, flops),
-        # the op as the mixer calls it, beside the contiguous inputs: a kernel setting is chosen for this layout
+        # the op as the mixer calls it (v, z in_proj column slices, angles shared by heads), beside contiguous inputs
         Case("golf triton (compiled wrapper, mixer layout)", compiled("triton", mixer), mixer_leaves, flops),
         Case("golf GLA core only (triton)",
              lambda: gla_chunk(gla_in["q"], gla_in["k"], gla_in["v"], gla_in["g"], None, CHUNK)[0],

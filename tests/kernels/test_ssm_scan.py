@@ -262,8 +262,8 @@ def test_triton_gla_state_kernels_split_over_p(monkeypatch):
 @needs_triton
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_triton_gla_parallel_kernels_loop_over_chunks(monkeypatch, chunks):
-    """The chunk-parallel kernels with several chunks per program, NT not a multiple of them (T 130, chunk 16: 9
-    chunks), the last program's loop cut short."""
+    """The chunk-parallel kernels at 1 chunk per program (no loop) and looping over 2 or 3, NT not a multiple of them
+    (T 130, chunk 16: 9 chunks), the last program's loop cut short."""
     from golf.kernels.ssm_scan import triton_chunk
 
     for name in ("fwd_output", "bwd_dqkvg"):
