@@ -160,7 +160,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
             elif trainer.global_step == last + 1 and profile:
                 profiled["profile"] = self.window.finish()
 
-    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + int(profile)}",
+    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + bool(profile)}",
                                    "--trainer.val_check_interval=100000", "--trainer.logger=false",
                                    "--trainer.enable_checkpointing=false",
                                    *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
@@ -229,7 +229,7 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     last = warmup + steps
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),
-               ITERATIONS=str(last + int(profile)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
+               ITERATIONS=str(last + bool(profile)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
                MAX_WALLCLOCK_SECONDS="0", RUN_ID=f"peer_{config}")
     if config.startswith("baseline"):
         script = peers / "train_gpt.py"
