@@ -76,7 +76,7 @@ def _label(open_ops: list[dict]) -> str:
     return outer if outer == inner else f"{outer} > {inner}"
 
 
-def _quartiles(values: list[float]) -> dict[str, float]:
+def _spread(values: list[float]) -> dict[str, float]:
     """min / median / max (ms) of microsecond values, and the last one (the host's lead at the window's end)."""
     if not values:
         return {}
@@ -97,10 +97,10 @@ def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     end = gpu[0]["ts"]
     for e in gpu:
         start, finish = e["ts"], e["ts"] + e["dur"]
-        if _correlation(e) in launches:  # how far ahead the host launched it: near 0, the GPU waits for the host
-            leads.append(start - launches[_correlation(e)]["ts"])
+        launch = launches.get(_correlation(e))
+        if launch is not None:  # how far ahead the host launched it: near 0, the GPU waits for the host
+            leads.append(start - launch["ts"])
         if start - end >= min_us:
-            launch = launches.get(_correlation(e))
             if launch is None:
                 key = "(launch not in trace)"
             elif launch["ts"] <= end:
@@ -121,7 +121,7 @@ def analyse(events: list[dict], min_us: float = 10.0) -> dict:
     span = window[1] - window[0]
     return {
         "span_ms": span / 1e3, "busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3,
-        "host_lead_ms": _quartiles(leads),
+        "host_lead_ms": _spread(leads),
         "gaps": sorted(((k, ms / 1e3, n) for k, (ms, n) in idle.items()), key=lambda r: -r[1]),
         "blocking": sorted(((k, ms / 1e3, n) for k, (ms, n) in blocking.items()), key=lambda r: -r[1]),
     }  # fmt: skip

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     b, t, h = inp["v"].shape[:3]
     n = inp["q"].shape[-1]
     # z, v as the mixer passes them; a sweep's winner is still checked in the training step (RESULTS.md, ninth session)
-    z, v = in_proj_columns(inp["z"], inp["v"], extra=2 * n + 3 * h + inp["angles"].shape[-1])
+    z, v = in_proj_columns(inp["z"], inp["v"], n, inp["angles"].shape[-1])
     gla = dict(q=inp["q"].expand(b, t, h, n).contiguous(), k=inp["k"].expand(b, t, h, n).contiguous(),
                v=v, g=inp["adt"].clone(), skip=inp["D"][None, None] - inp["dt"], z=z)
     gla_leaves = [x.requires_grad_() for x in gla.values()]

@@ -66,7 +66,8 @@ def kernel_rows() -> list[tuple[str, object, dict, dict]]:
          launch("bwd_states")),
         ("shipped", tc._bwd_dqkvg, dict(gla, HAS_SKIP=True, **chunks("bwd_dqkvg")), launch("bwd_dqkvg")),
         # the other paths and the sweeps' variants
-        ("no rotation", tp._prologue_fwd, dict(pro, R=0, RP=1, HAS_ROT=False), dict(num_warps=pro_cfg["fwd_num_warps"])),
+        ("no rotation", tp._prologue_fwd, dict(pro, R=0, RP=1, HAS_ROT=False),
+         dict(num_warps=pro_cfg["fwd_num_warps"])),
         ("no rotation", tp._prologue_bwd, dict(pro, R=0, RP=1, HAS_ROT=False, HAS_DDIAG=True),
          dict(num_warps=pro_cfg["bwd_num_warps"])),
         ("no rotation", tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, BT=bt, HB=1, HAS_ROT=False, s_ar=1), light),
@@ -119,7 +120,7 @@ def compile_usage(fn, constexprs: dict, options: dict) -> dict:
     shared = int(kernel.metadata.shared)
     per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps,
                  REGISTERS_PER_SM // (-(-regs // 8) * 8 * 32 * warps) if regs else MAX_PROGRAMS_PER_SM,
-                 SHARED_PER_SM // max(shared + 1024, 1))  # fmt: skip
+                 SHARED_PER_SM // (shared + 1024))  # fmt: skip
     return dict(registers=regs, spill_stores=number(r"(\d+) bytes spill stores"),
                 spill_loads=number(r"(\d+) bytes spill loads"), stack=number(r"(\d+) bytes stack frame"),
                 shared=shared, warps=warps, programs_per_sm=per_sm)  # fmt: skip

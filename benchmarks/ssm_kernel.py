@@ -75,11 +75,11 @@ def make_inputs(batch: int, seqlen: int, device: str = "cuda") -> dict:
     )
 
 
-def in_proj_columns(z: torch.Tensor, v: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z and v laid out as the mixer passes them: column slices of one input-projection output
-    ``[B, T, 2 H P + extra]`` (z, x, B, C, dt, A, trap, angles), read by the kernels at that row stride; leaves."""
+def in_proj_columns(z: torch.Tensor, v: torch.Tensor, d_state: int, n_angles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z and v laid out as the mixer passes them: column slices of one input-projection output ``[B, T, 2 H P + 2 N
+    + 3 H + R]`` (z, x, B, C, dt, A, trap, angles), read by the kernels at that row stride; leaves."""
     b, t, h, p = v.shape
-    buf = torch.zeros(b, t, 2 * h * p + extra, dtype=v.dtype, device=v.device)
+    buf = torch.zeros(b, t, 2 * h * p + 2 * d_state + 3 * h + n_angles, dtype=v.dtype, device=v.device)
     buf[..., : h * p] = z.reshape(b, t, h * p)
     buf[..., h * p : 2 * h * p] = v.reshape(b, t, h * p)
     return buf[..., : h * p].view(b, t, h, p).detach(), buf[..., h * p : 2 * h * p].view(b, t, h, p).detach()
@@ -90,7 +90,7 @@ def mixer_layout(inp: dict) -> tuple[dict, list]:
     row per step shared by the heads (a stride-0 ``expand``) -- and their leaves (new tensors)."""
     b, t, h, r = inp["angles"].shape
     out = {key: x.detach().clone().requires_grad_() for key, x in inp.items() if key not in ("v", "z", "angles")}
-    z, v = in_proj_columns(inp["z"].detach(), inp["v"].detach(), extra=2 * D_STATE + 3 * h + r)
+    z, v = in_proj_columns(inp["z"].detach(), inp["v"].detach(), D_STATE, r)
     out.update(v=v.requires_grad_(), z=z.requires_grad_())
     angles = inp["angles"][:, :, :1].detach().clone().requires_grad_()
     return dict(out, angles=angles.expand(b, t, h, r)), [*out.values(), angles]
