@@ -33,3 +33,12 @@ def test_every_triton_kernel_compiles_for_sm90(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {row["kernel"] for row in rows} == KERNELS
     assert all(row["registers"] > 0 and row["programs_per_sm"] >= 1 for row in rows), rows
+
+
+def test_kernel_registers_refuses_the_interpreter_in_one_line(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = tmp_path / "kernel_registers.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_registers.py"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.strip() == "kernel_registers.py compiles the kernels: run it with TRITON_INTERPRET unset"
