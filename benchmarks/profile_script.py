@@ -1,7 +1,7 @@
 """Run a training script unchanged and profile one of its training steps with torch.profiler (the peers' rows of
 train_step.py --profile, so golf's profile has a counterpart measured the same way).
 
-    python benchmarks/profile_script.py --step 12 --out peer_profile.json path/to/train_gpt.py
+    python benchmarks/profile_script.py --step 12 [--top 25] --out peer_profile.json path/to/train_gpt.py
 
 The script runs as ``__main__`` with its own folder first on ``sys.path``, its environment and working directory as
 given. Its training loop is found from the outside: ``--step N`` is the N-th ``step()`` of the first optimizer that
@@ -26,8 +26,8 @@ from profiling import StepProfile  # benchmarks/profiling.py, beside this script
 class StepWindow:
     """Counts the first optimizer's steps since its last load_state_dict and profiles step ``target``."""
 
-    def __init__(self, target: int, out: Path) -> None:
-        self.target, self.out = target, out
+    def __init__(self, target: int, out: Path, top: int = 25) -> None:
+        self.target, self.out, self.top = target, out, top
         self.first: torch.optim.Optimizer | None = None
         self.count = 0
         self.window: StepProfile | None = None
@@ -49,7 +49,7 @@ class StepWindow:
             return
         self.count += 1
         if self.count == self.target - 1:
-            self.window = StepProfile().start()
+            self.window = StepProfile(self.top).start()
         elif self.count == self.target and self.window is not None:
             self.out.write_text(json.dumps(self.window.finish(), indent=2) + "\n")
             self.window = None
@@ -58,12 +58,13 @@ class StepWindow:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--step", type=int, required=True, help="training step to profile (1-based, >= 2)")
+    ap.add_argument("--top", type=int, default=25, help="kernels listed, by GPU time")
     ap.add_argument("--out", type=Path, required=True, help="JSON summary (top kernels, kernel and wall time)")
     ap.add_argument("script", type=Path)
     args = ap.parse_args()
     if args.step < 2:
         raise SystemExit("--step must be >= 2: the window opens at the end of the step before it")
-    StepWindow(args.step, args.out)
+    StepWindow(args.step, args.out, args.top)
     script = args.script.resolve()
     sys.argv = [str(script)]
     sys.path[0] = str(script.parent)

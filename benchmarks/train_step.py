@@ -8,8 +8,8 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
---devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile adds a
-torch.profiler summary of one step after the timed ones, for every row (top GPU kernels, their share of GPU time,
+--devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile [TOP] adds a
+torch.profiler summary of one step after the timed ones, for every row (its TOP GPU kernels, 25 unless given, their share of GPU time,
 the time per kernel family, and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
 benchmarks/profile_script.py, which runs them unchanged); --cold-compile
 empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
@@ -135,7 +135,7 @@ class StepTimer:
         return (self.t1 - self.t0) / max(self.n, 1)
 
 
-def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1, profile: bool = False,
+def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int = 1, profile: int = 0,
              trace: Path | None = None) -> dict:
     from lightning.pytorch.callbacks import Callback
 
@@ -147,7 +147,8 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
     profiled = {}
 
     class Timing(Callback):
-        """Times steps warmup..last; with ``profile``, one more step under torch.profiler, from the end of the last
+        """Times steps warmup..last; with ``profile`` (> 0: the kernels listed), one more step under torch.profiler,
+        from the end of the last
         timed step's hooks to the end of the next one's (Lightning's between-step work included, as users pay it)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -155,7 +156,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
             if trainer.global_step == last:
                 timer.ms = timer.finish() * 1e3
                 if profile:
-                    self.window = StepProfile(trace=trace).start()
+                    self.window = StepProfile(profile, trace).start()
             elif trainer.global_step == last + 1 and profile:
                 profiled["profile"] = self.window.finish()
 
@@ -176,7 +177,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
                 seq_len=cli.datamodule.seq_len, **profiled)
 
 
-def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool = False,
+def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: int = 0,
              trace: Path | None = None) -> dict:
     """The same model, optimizer, compiled loss and batches, in a plain loop."""
     from golf.data.datamodule import TrainWindows
@@ -215,12 +216,12 @@ def row_bare(config: str, data_dir: str, steps: int, warmup: int, profile: bool 
     if profile:
         from profiling import profile_step  # benchmarks/profiling.py, beside this script
 
-        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1), trace=trace)
+        row["profile"] = profile_step(lambda: train_step(warmup + steps + 1), top=profile, trace=trace)
     return row
 
 
 def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, vocab: int, log_dir: Path,
-             peer_timeout: float = 900, profile: bool = False) -> dict:
+             peer_timeout: float = 900, profile: int = 0) -> dict:
     """The peer script, unchanged; with ``profile`` it runs one step more under benchmarks/profile_script.py, which
     profiles that step the way the golf rows' profile is taken (the timed steps are the same)."""
     peers = peers.resolve()  # the script runs with the peers folder as its working directory
@@ -246,7 +247,7 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     cmd = [sys.executable, str(script)]
     if profile:
         profiler = Path(__file__).with_name("profile_script.py")
-        cmd[1:1] = [str(profiler), "--step", str(last + 1), "--out", str(profile_path)]
+        cmd[1:1] = [str(profiler), "--step", str(last + 1), "--top", str(profile), "--out", str(profile_path)]
     with open(log_path, "w") as log_file:  # on disk as it runs: a timed-out peer still leaves its step times
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 cwd=str(peers), start_new_session=True)
@@ -327,7 +328,8 @@ def run_concurrently(args) -> list[dict]:
         cmd = [sys.executable, __file__, "--configs", config, "--rows", *args.rows, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--data-sp1024", args.data_sp1024, "--data-sp8192", args.data_sp8192,
                "--peers", str(args.peers), "--peer-timeout", str(args.peer_timeout), "--out", str(out),
-               *(["--profile"] if args.profile else []), *(["--cold-compile"] if args.cold_compile else []),
+               *(["--profile", str(args.profile)] if args.profile else []),
+               *(["--cold-compile"] if args.cold_compile else []),
                *(["--trace-dir", str(args.trace_dir)] if args.trace_dir else [])]
         log = open(out.with_suffix(".log"), "w")
         procs.append((out, log, subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)),
@@ -403,7 +405,8 @@ def main() -> None:
                     "(its step times so far are still read)")
     ap.add_argument("--gpus", nargs="+", type=int, help="run the configs concurrently, one per listed GPU")
     ap.add_argument("--devices", type=int, default=1, help="golf row under DDP on this many GPUs")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one step of each row")
+    ap.add_argument("--profile", type=int, nargs="?", const=25, default=0, metavar="TOP",
+                    help="torch.profiler summary of one step of each row, listing its TOP kernels (default 25)")
     ap.add_argument("--trace-dir", type=Path, help="with --profile, also write each golf/bare row's profiled step as a "
                     "Chrome trace there (read by benchmarks/gpu_gaps.py)")
     ap.add_argument("--cold-compile", action="store_true", help="empty Inductor/Triton caches for each config, so "

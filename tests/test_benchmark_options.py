@@ -83,13 +83,14 @@ def test_profile_script_profiles_the_requested_step_of_the_timed_loop(tmp_path):
     script = tmp_path / "train_toy.py"
     script.write_text(TOY_TRAINING_SCRIPT)
     out = tmp_path / "profile.json"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_script.py"), "--step", "4", "--out",
-                          str(out), str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_script.py"), "--step", "4", "--top", "100",
+                          "--out", str(out), str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("done")
     summary = json.loads(out.read_text())
     calls = {k["name"]: k["calls"] for k in summary["top"]}
     assert calls["aten::cumsum"] == 4 and summary["clock"] == "cpu ops" and summary["wall_ms"] > 0
+    assert len(calls) > 25  # --top 100: every op of the step (~30), not the default 25
 
 
 def test_profile_summaries_leave_out_annotated_ranges(monkeypatch):
