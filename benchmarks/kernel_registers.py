@@ -34,7 +34,8 @@ def kernel_rows() -> list[tuple[str, object, dict, dict]]:
     from golf.kernels.ssm_scan import triton_prologue as tp
 
     pro_cfg, bt = tp.LAUNCH_CONFIG, tp.LAUNCH_CONFIG["bt"]
-    pro = dict(H=16, G=1, N=64, R=16, RP=16, BT=bt, HAS_ROT=True, FAST_TRIG=bool(pro_cfg["fast_trig"]), s_ar=1)
+    pro = dict(H=16, G=1, N=64, R=16, RP=16, BT=bt, HAS_ROT=True, FAST_TRIG=bool(pro_cfg["fast_trig"]), s_ar=1,
+               PREFETCH=bool(pro_cfg["bwd_prefetch"]))
     light = dict(num_warps=pro_cfg["num_warps"])
     rows = [
         ("shipped", tp._theta_block_sums, dict(H=16, R=16, RP=16, BT=bt, CB=pro_cfg["cb"], s_ar=1), light),
@@ -42,6 +43,8 @@ def kernel_rows() -> list[tuple[str, object, dict, dict]]:
         ("shipped", tp._block_scan, dict(RP=16, SB=tp.SCAN_BLOCKS, REVERSE=True), light),
         ("shipped", tp._prologue_fwd, pro, dict(num_warps=pro_cfg["fwd_num_warps"])),
         ("shipped", tp._prologue_bwd, dict(pro, HAS_DDIAG=True), dict(num_warps=pro_cfg["bwd_num_warps"])),
+        ("prefetch " + ("off" if pro_cfg["bwd_prefetch"] else "on"), tp._prologue_bwd,
+         dict(pro, HAS_DDIAG=True, PREFETCH=not pro_cfg["bwd_prefetch"]), dict(num_warps=pro_cfg["bwd_num_warps"])),
         ("shipped", tp._prologue_bwd_fix, dict(H=16, R=16, RP=16, BT=bt, HB=pro_cfg["fix_heads"], HAS_ROT=True,
                                                s_ar=1), light),  # fmt: skip
     ]

@@ -55,14 +55,18 @@ KERNEL_CASES = [
 
 
 @needs_triton
+@pytest.mark.parametrize("bwd_prefetch", [0, 1], ids=["", "prefetch"])
 @pytest.mark.parametrize("batch,seqlen,nheads,ngroups,d_state,n_angles", KERNEL_CASES)
-def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles, monkeypatch):
+def test_triton_prologue_matches_reference(batch, seqlen, nheads, ngroups, d_state, n_angles, bwd_prefetch,
+                                           monkeypatch):  # fmt: skip
     """Forward, and backward with the forward's theta carries (and, without ddiag, with them recomputed); the angle
     block sums over 2 blocks per program and the block scans in steps of 2 blocks, so that both cross program and
-    step boundaries at these short lengths; the fix kernel with two heads per program where H allows."""
+    step boundaries at these short lengths; the fix kernel with two heads per program where H allows; the backward
+    with and without the next head's rows prefetched."""
     from golf.kernels.ssm_scan import triton_prologue
     from golf.kernels.ssm_scan.triton_prologue import mamba3_prologue_bwd_triton, mamba3_prologue_fwd_triton
 
+    monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "bwd_prefetch", bwd_prefetch)
     monkeypatch.setattr(triton_prologue, "SCAN_BLOCKS", 2)
     monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "cb", 2)
     monkeypatch.setitem(triton_prologue.LAUNCH_CONFIG, "fix_heads", 2)  # H 4: two programs of two heads

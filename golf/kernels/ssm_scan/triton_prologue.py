@@ -62,8 +62,9 @@ __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_ca
 # cumsum then stay inside one warp (no block-wide barriers), and 4096 small programs at B 32, T 1024 keep the SMs
 # fed (the backward heavy kernel: 0.244 ms at BT 32 / 4 warps, 0.151 ms here); the approximate trig saves a further
 # ~0.09 ms per backward at B 8, T 4096; the fix kernel takes 8 heads per program (0.058 -> 0.033 ms).
+# bwd_prefetch: 1 = the backward loads the next head's gradient rows while this head computes (not yet timed).
 LAUNCH_CONFIG: dict[str, int] = {"bt": 8, "cb": 8, "num_warps": 1, "fwd_num_warps": 1, "bwd_num_warps": 1,
-                                 "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 8}
+                                 "bwd_maxnreg": 0, "fast_trig": 1, "fix_heads": 8, "bwd_prefetch": 0}
 # T-blocks per step of ``_block_scan`` (4 steps at T 4096, BT 8; a [128, RP 16] tile is 64 values per thread of the
 # one warp).
 SCAN_BLOCKS = 128
@@ -225,11 +226,13 @@ def _prologue_bwd(
     dq, dk, ddt, dtrap, dbn, dang, dang_blk, dq_bias, dk_bias,
     T, NT, s_ab, s_at, s_ah, s_ar,
     H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
-    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr,
+    HAS_ROT: tl.constexpr, HAS_DDIAG: tl.constexpr, FAST_TRIG: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Everything local to a T-block; the cross-block terms (angle carry, step t+1 -> t shift) are left to
     ``_prologue_bwd_fix``. Writes ddt/dtrap without those terms, dbn, dtheta and its block total, per-block
-    bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads."""
+    bias-gradient partials ``[B * NT, H, N]``, and dq, dk summed over the group's heads. PREFETCH: the next head's
+    dq~, dk~ w rows are loaded while this head computes (a register double buffer: the compiler's software pipeline
+    does not take loads that feed no dot, ``kernel_registers.py`` shows no shared memory for them)."""
     HPG: tl.constexpr = H // G
     NH: tl.constexpr = N // 2
     i_t, i_b, i_g, rows, m_t, offs_n, qk_offs, b_q, b_k = _qk_block(q, k, T, G, N, BT)
@@ -237,6 +240,10 @@ def _prologue_bwd(
     m_j = offs_j < R
     b_dq = tl.zeros([BT, N], dtype=tl.float32)
     b_dk = tl.zeros([BT, N], dtype=tl.float32)
+    if PREFETCH:
+        first = ((i_b * T + rows) * H + i_g * HPG)[:, None] * N + offs_n[None, :]
+        b_gq_next = tl.load(dq_rot + first, mask=m_t[:, None], other=0.0)
+        b_gk_next = tl.load(dk_w + first, mask=m_t[:, None], other=0.0)
     for i in range(HPG):
         i_h = i_g * HPG + i
         b_dt, b_trap, b_bn, b_cos, b_sin, b_qb, b_kb, b_w = _head_step(
@@ -245,8 +252,14 @@ def _prologue_bwd(
         )  # fmt: skip
         offs = (i_b * T + rows) * H + i_h
         g_offs = offs[:, None] * N + offs_n[None, :]
-        b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
-        b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+        if PREFETCH:
+            b_gq, b_gk = b_gq_next.to(tl.float32), b_gk_next.to(tl.float32)
+            m_next = m_t[:, None] & (i + 1 < HPG)  # the next head's rows sit N further along
+            b_gq_next = tl.load(dq_rot + g_offs + N, mask=m_next, other=0.0)
+            b_gk_next = tl.load(dk_w + g_offs + N, mask=m_next, other=0.0)
+        else:
+            b_gq = tl.load(dq_rot + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
+            b_gk = tl.load(dk_w + g_offs, mask=m_t[:, None], other=0.0).to(tl.float32)
         if HAS_DDIAG:
             b_gd = tl.load(ddiag + offs, mask=m_t, other=0.0)
         else:
@@ -420,7 +433,8 @@ def mamba3_prologue_bwd_triton(
         q, k, dt, trap, q_bias, k_bias, angles, carry if r else dt, dq_rot, dk_w, ddiag if ddiag is not None else dt,
         dq, dk, ddt, dtrap, dbn, dang_buf, dang_blk, dq_bias_part, dk_bias_part, t, nt, *angles.stride(),
         H=h, G=g, N=n, R=r, RP=rp, BT=bt, HAS_ROT=r > 0, HAS_DDIAG=ddiag is not None, FAST_TRIG=_fast_trig(),
-        num_warps=LAUNCH_CONFIG["bwd_num_warps"], **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
+        PREFETCH=bool(LAUNCH_CONFIG["bwd_prefetch"]), num_warps=LAUNCH_CONFIG["bwd_num_warps"],
+        **_register_cap(LAUNCH_CONFIG["bwd_maxnreg"]),
     )  # fmt: skip
     # summed straight after the kernel that wrote them, while the 2 x 17 MB of partials (B 32, T 1024, BT 8) may
     # still sit in L2, before the fix kernel streams the dangles buffer through it
