@@ -69,6 +69,8 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, config: BackboneConfig, vocab_size: int) -> None:
         super().__init__()
+        if config.residual_dtype not in ("float32", "autocast"):
+            raise GolfError(f"model.backbone.residual_dtype={config.residual_dtype!r}: use 'float32' or 'autocast'")
         self.config = config
         self.vocab_size = vocab_size
         self.tok_emb = nn.Embedding(vocab_size, config.model_dim)
@@ -94,6 +96,8 @@ class Backbone(nn.Module):
         ``run_block(block, x, x0)`` stands in for ``block(x, x0)``: regional compilation passes one compiled
         function that every block of a kind shares."""
         x = rms_norm(self.tok_emb(idx))
+        if self.config.residual_dtype == "autocast" and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         x0 = x
         skips: list[torch.Tensor] = []
         new_states = []

@@ -48,4 +48,8 @@ class BackboneConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     unet_skips: bool = True
+    residual_dtype: str = "float32"
+    """The residual stream's dtype under autocast: float32 (the embedding's fp32 output carried through), or autocast
+    (cast to the autocast dtype after the embedding's RMSNorm, as the challenge's scripts run: their bf16 embedding
+    makes x, x0 and every residual add bf16). Without autocast (CPU runs) the stream is float32 either way."""
     ssm: SSMConfig = field(default_factory=SSMConfig)

@@ -214,3 +214,22 @@ def test_regional_compile_shares_one_graph_per_block_kind_and_matches_eager(monk
         lm.eval()
         eager.eval()
         torch.testing.assert_close(lm._eval_forward(x), eager.model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_residual_stream_dtype_under_autocast():
+    """residual_dtype=autocast carries x, x0 and the residual adds in the autocast dtype (as the challenge's bf16
+    models do); float32 keeps them fp32; without autocast both are the same fp32 model."""
+    cfg = BackboneConfig(model_dim=64, layers="SA", num_heads=4, num_kv_heads=2, ssm=SSMConfig(d_state=16, headdim=16))
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    models = {}
+    for residual_dtype in ("float32", "autocast"):
+        torch.manual_seed(0)
+        models[residual_dtype] = model = Backbone(
+            BackboneConfig(**{**cfg.__dict__, "residual_dtype": residual_dtype}), vocab_size=64
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x, _ = model.hidden(idx)
+        assert x.dtype == (torch.bfloat16 if residual_dtype == "autocast" else torch.float32)
+    torch.testing.assert_close(models["float32"](idx), models["autocast"](idx), rtol=0, atol=0)
+    with pytest.raises(GolfError, match="residual_dtype='bf16'.*'float32' or 'autocast'"):
+        Backbone(BackboneConfig(residual_dtype="bf16"), vocab_size=64)
