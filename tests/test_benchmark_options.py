@@ -197,3 +197,32 @@ def test_train_step_compares_each_golf_row_with_its_bare_row_peer_and_the_refere
     alone = [dict(config="hybrid_sp1024", row="golf", ms_per_step=600.0, tokens_per_s=1_747_626.0)]
     train_step.compare(alone, ["hybrid_sp1024"], "baseline_sp1024")  # the reference did not run: no ratio
     assert "tokens_per_s_vs_reference" not in alone[0]
+
+
+def test_train_step_profile_top_adds_one_profiled_step_to_golf_and_peer_rows(monkeypatch, tmp_path):
+    """``--profile 200`` lists 200 kernels of one more step: the golf run's max_steps and the peer's ITERATIONS are
+    warmup + steps + 1, not + 200."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_step
+
+    seen = {}
+
+    def build(config, data_dir, extra):
+        seen["golf"] = extra
+        raise RuntimeError("stop after the arguments")
+
+    monkeypatch.setattr(train_step, "build", build)
+    with pytest.raises(RuntimeError, match="stop after"):
+        train_step.row_golf("baseline_sp1024", "unused", steps=10, warmup=3, profile=200)
+    assert "--trainer.max_steps=14" in seen["golf"]
+    peers, data = tmp_path / "peers", tmp_path / "data"
+    peers.mkdir(), data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"tokenizer": "tok.model"}))
+    (peers / "train_gpt.py").write_text(
+        "import os\nn = int(os.environ['ITERATIONS'])\nopen('iterations.txt', 'w').write(str(n))\n"
+        "for s in range(n + 1):\n    print(f'step:{s}/{n} train_loss:1.0 train_time:{100 * s}ms')\n"
+    )
+    row = train_step.row_peer("baseline_sp1024", str(data), peers, steps=10, warmup=3, vocab=1024, log_dir=tmp_path,
+                              peer_timeout=120, profile=200)
+    assert (peers / "iterations.txt").read_text() == "14"
+    assert row["ms_per_step"] == pytest.approx(100.0) and row["exit"] == 0
