@@ -9,10 +9,10 @@ A config is a name under configs/ or a .yaml path, optionally with LightningCLI 
 With --gpus, each config runs in its own process on its own GPU of the host, concurrently; the rows of one config
 (golf, bare, peer) always share one GPU and run one after the other, so each comparison is on the same card.
 --devices N runs only the golf row under DDP on N GPUs (benchmarks/scaling.py drives this); --profile [TOP] adds a
-torch.profiler summary of one step after the timed ones, for every row (its TOP GPU kernels, 25 unless given, their share of GPU time,
-the time per kernel family, and the step's wall time: kernel time / wall time is how busy the GPU was; the peers through
-benchmarks/profile_script.py, which runs them unchanged); --cold-compile
-empties the Inductor and Triton caches for each config, so its first row (golf) reports a cold compile.
+torch.profiler summary of one step after the timed ones, for every row (its TOP GPU kernels, 25 unless given, their
+share of GPU time, the time per kernel family, and the step's wall time: kernel time / wall time is how busy the GPU
+was; the peers through benchmarks/profile_script.py, which runs them unchanged); --cold-compile empties the Inductor
+and Triton caches for each config, so its first row (golf) reports a cold compile.
 
 Rows per config, at the config's global batch (524,288 tokens at seq 1024 for the baseline, 1,048,576 at seq 4096
 for the hybrids) on one GPU, grad accumulation 8 as in the challenge:
@@ -144,12 +144,13 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
     t_start = time.perf_counter()
     timer = StepTimer(warmup, t_start)
     last = warmup + steps
+    profiled_step = 1 if profile else 0
     profiled = {}
 
     class Timing(Callback):
         """Times steps warmup..last; with ``profile`` (> 0: the kernels listed), one more step under torch.profiler,
-        from the end of the last
-        timed step's hooks to the end of the next one's (Lightning's between-step work included, as users pay it)."""
+        from the end of the last timed step's hooks to the end of the next one's (Lightning's between-step work
+        included, as users pay it)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             timer.step_done(trainer.global_step)
@@ -160,7 +161,7 @@ def row_golf(config: str, data_dir: str, steps: int, warmup: int, devices: int =
             elif trainer.global_step == last + 1 and profile:
                 profiled["profile"] = self.window.finish()
 
-    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + bool(profile)}",
+    cli = build(config, data_dir, ["--model.compile_warmup_steps=2", f"--trainer.max_steps={last + profiled_step}",
                                    "--trainer.val_check_interval=100000", "--trainer.logger=false",
                                    "--trainer.enable_checkpointing=false",
                                    *([f"--trainer.devices={devices}", "--trainer.strategy=ddp"] if devices > 1 else [])])
@@ -229,7 +230,7 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     last = warmup + steps
     env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),
-               ITERATIONS=str(last + bool(profile)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
+               ITERATIONS=str(last + (1 if profile else 0)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
                MAX_WALLCLOCK_SECONDS="0", RUN_ID=f"peer_{config}")
     if config.startswith("baseline"):
         script = peers / "train_gpt.py"
