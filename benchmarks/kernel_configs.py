@@ -45,9 +45,11 @@ GLA_GROUPS = {
 # they stay launch settings (ssm_kernel.py --launch) but leave the sweep. The seventh session's sweep found 1-warp
 # heavy kernels at BT 16 fastest (one warp has no block-wide barriers at the per-head reductions and scans), its
 # second sweep BT 8 (shipped); the eighth session's tried BT 4 (statically 148 registers for the one-warp backward,
-# 228 at BT 8): 0.377 ms against BT 8's 0.307 at B 32, T 1024, so it left the sweep again.
+# 228 at BT 8): 0.377 ms against BT 8's 0.307 at B 32, T 1024, so it left the sweep again. The tenth session's
+# next-head prefetch in the backward (0.542 -> 0.500 ms at B 32, T 4096, BT 8, one warp) joins the sweep: at BT 16 or
+# 2 warps it may not pay.
 PROLOGUE_GROUP = dict(bt=[8, 16], num_warps=[1, 2], fwd_num_warps=[1, 2], bwd_num_warps=[1, 2],
-                      bwd_maxnreg=[0], fast_trig=[1], fix_heads=[4, 8])
+                      bwd_maxnreg=[0], fast_trig=[1], fix_heads=[4, 8], bwd_prefetch=[0, 1])
 
 
 def candidates(space: dict[str, list[int]]) -> list[dict[str, int]]:
