@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -224,9 +226,7 @@ def test_residual_stream_dtype_under_autocast():
     models = {}
     for residual_dtype in ("float32", "autocast"):
         torch.manual_seed(0)
-        models[residual_dtype] = model = Backbone(
-            BackboneConfig(**{**cfg.__dict__, "residual_dtype": residual_dtype}), vocab_size=64
-        )
+        models[residual_dtype] = model = Backbone(replace(cfg, residual_dtype=residual_dtype), vocab_size=64)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             x, _ = model.hidden(idx)
         assert x.dtype == (torch.bfloat16 if residual_dtype == "autocast" else torch.float32)
