@@ -418,6 +418,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.devices > 1 and args.rows != ["golf"]:
         raise SystemExit("--devices > 1 times the golf row only: pass --rows golf")
+    if args.profile < 0:
+        raise SystemExit(f"--profile {args.profile}: give the number of kernels to list (1 or more), or leave it out")
     if args.trace_dir and not args.profile:
         raise SystemExit("--trace-dir writes the profiled step's trace: pass --profile too")
     torch.backends.cuda.matmul.allow_tf32 = True

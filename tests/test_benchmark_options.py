@@ -179,6 +179,15 @@ def test_train_step_refuses_trace_dir_without_profile_before_any_work(tmp_path):
     assert not (tmp_path / "t").exists() and not (tmp_path / "out").exists()
 
 
+def test_train_step_refuses_a_negative_profile_count_before_any_work(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--profile", "-3",
+           "--out", str(tmp_path / "out" / "x.json")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1] == (
+        "--profile -3: give the number of kernels to list (1 or more), or leave it out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_step_compares_each_golf_row_with_its_bare_row_peer_and_the_reference_config(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import train_step
