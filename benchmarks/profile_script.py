@@ -64,6 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.step < 2:
         raise SystemExit("--step must be >= 2: the window opens at the end of the step before it")
+    if args.top < 1:
+        raise SystemExit(f"--top {args.top}: give the number of kernels to list, 1 or more")
     StepWindow(args.step, args.out, args.top)
     script = args.script.resolve()
     sys.argv = [str(script)]

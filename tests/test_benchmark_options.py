@@ -93,6 +93,16 @@ def test_profile_script_profiles_the_requested_step_of_the_timed_loop(tmp_path):
     assert len(calls) > 25  # --top 100: every op of the step (~30), not the default 25
 
 
+def test_profile_script_refuses_a_top_below_one_before_running_the_script(tmp_path):
+    script = tmp_path / "train_toy.py"
+    script.write_text("open('ran', 'w').write('yes')\n")
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_script.py"), "--step", "4", "--top", "0",
+                          "--out", str(tmp_path / "p.json"), str(script)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)  # fmt: skip
+    assert run.returncode != 0 and run.stderr.strip() == "--top 0: give the number of kernels to list, 1 or more"
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "p.json").exists()
+
+
 def test_profile_summaries_leave_out_annotated_ranges(monkeypatch):
     """An optimizer's ``Optimizer.step#...`` range spans kernels that are counted on their own: not summed twice."""
     import torch
