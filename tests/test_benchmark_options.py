@@ -134,10 +134,13 @@ def test_profile_families_sort_kernels_by_name_and_sum_every_kernel(monkeypatch)
     timed = [("_bwd_dqkvg", 4.0, 1), ("mamba3_siso_fwd_kernel", 1.0, 1), ("nvjet_sm90_tst_256x128", 3.0, 2),
              ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", 2.0, 1), ("triton_red_fused__log_softmax_3", 5.0, 1),
              ("ncclDevKernel_AllReduce_Sum_f32", 1.0, 1), ("Memset (Device)", 0.5, 1),
-             ("void at::native::reduce_kernel", 3.5, 1)]
-    got = families(timed, total=20.0)
-    assert list(got) == ["ssm scan", "inductor", "other", "matmul", "attention", "collectives", "copies and fills"]
-    assert got["ssm scan"]["ms"] == 5.0 / 1e3 and got["other"]["share"] == 3.5 / 20.0
+             ("void at::native::reduce_kernel", 3.5, 1),
+             ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64, 128, "
+              "128, 8, 4, 4, 4, false, false, cutlass::bfloat16_t", 1.5, 1)]
+    got = families(timed, total=21.5)
+    assert list(got) == ["ssm scan", "inductor", "attention", "other", "matmul", "collectives", "copies and fills"]
+    assert got["attention"]["ms"] == 3.5 / 1e3  # FlashAttention-2's kernel names CUTLASS types: still attention
+    assert got["ssm scan"]["ms"] == 5.0 / 1e3 and got["other"]["share"] == 3.5 / 21.5
     assert abs(sum(f["ms"] for f in got.values()) - sum(t for _, t, _ in timed) / 1e3) < 1e-12
 
 
