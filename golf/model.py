@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -33,9 +34,21 @@ INDUCTOR_OPTIONS = (
 )
 
 
-def _compile(fn):
-    """torch.compile as golf uses it: one whole graph, static shapes, the Inductor options above."""
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+def _compile(fn, options: dict[str, Any]):
+    """torch.compile as golf uses it: one whole graph, static shapes, Inductor ``options``."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+
+
+def inductor_options(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """golf's Inductor options with a config's ``compile_options`` over them; an unknown option is a one-line error
+    (torch would raise only at the first compile, listing every option it has)."""
+    overrides = dict(overrides or {})
+    known = torch._inductor.config.get_config_copy()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise GolfError(f"model.compile_options: unknown Inductor option(s) {', '.join(unknown)}; the names are those "
+                        "of torch._inductor.config (e.g. max_autotune_gemm, coordinate_descent_tuning)")
+    return {**INDUCTOR_OPTIONS, **overrides}
 
 
 @dataclass
@@ -95,6 +108,7 @@ class GolfLM(pl.LightningModule):
         compile: bool = False,
         compile_regions: bool = False,
         compile_warmup_steps: int = 0,
+        compile_options: dict[str, Any] | None = None,
         max_bad_steps: int = 3,
     ) -> None:
         """
@@ -109,13 +123,15 @@ class GolfLM(pl.LightningModule):
                 graph) and the head + loss on their own instead of the whole model as one graph: a shorter cold
                 compile, no fusion across block boundaries.
             compile_warmup_steps: Steps run before the clock starts to compile, then model and optimizer are restored.
+            compile_options: Inductor options (``torch._inductor.config`` names) over golf's, for the model's graphs,
+                e.g. ``{max_autotune_gemm: true}``; None keeps golf's.
             max_bad_steps: Stop with an error after this many consecutive non-finite losses (their updates are skipped).
         """
         super().__init__()
         self.save_hyperparameters(
             {"vocab_size": vocab_size, "seq_len": seq_len, "backbone": asdict(backbone), "optimizer": asdict(optimizer),
              "schedule": asdict(schedule), "compile": compile, "compile_regions": compile_regions,
-             "compile_warmup_steps": compile_warmup_steps,
+             "compile_warmup_steps": compile_warmup_steps, "compile_options": compile_options,
              "max_bad_steps": max_bad_steps}
         )
         self.automatic_optimization = False
@@ -130,6 +146,7 @@ class GolfLM(pl.LightningModule):
         self.compile = compile
         self.compile_regions = compile_regions
         self.compile_warmup_steps = compile_warmup_steps
+        self.inductor_options = inductor_options(compile_options)
         self.max_bad_steps = max_bad_steps
         self.val_metric = BitsPerByte()
         self.lr_scale = 1.0
@@ -190,14 +207,14 @@ class GolfLM(pl.LightningModule):
         if not self.compile or self._compiled:
             return
         if self.compile_regions:
-            block = _compile(_run_block)
-            head_loss = _compile(self.model.head_loss)
-            head = _compile(self.model.head)
+            block = _compile(_run_block, self.inductor_options)
+            head_loss = _compile(self.model.head_loss, self.inductor_options)
+            head = _compile(self.model.head, self.inductor_options)
             self._compiled["loss"] = lambda x, y: head_loss(self.model.hidden(x, run_block=block)[0], y)
             self._compiled["forward"] = lambda x: head(self.model.hidden(x, run_block=block)[0])
         else:
-            self._compiled["loss"] = _compile(self.model.loss)
-            self._compiled["forward"] = _compile(self.model)
+            self._compiled["loss"] = _compile(self.model.loss, self.inductor_options)
+            self._compiled["forward"] = _compile(self.model, self.inductor_options)
 
     def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._compiled.get("loss", self.model.loss)(x, y)

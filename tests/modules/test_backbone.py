@@ -180,6 +180,24 @@ def test_every_compile_gets_golfs_inductor_options_and_they_are_real_settings(mo
         assert INDUCTOR_OPTIONS == {"triton.mix_order_reduction": False}
 
 
+def test_compile_options_go_over_golfs_to_every_compile_and_a_typo_is_a_one_line_error(monkeypatch):
+    from golf.errors import GolfError
+    from golf.model import INDUCTOR_OPTIONS
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    cfg = BackboneConfig(model_dim=32, layers="SA", num_heads=2, num_kv_heads=1,
+                         ssm=SSMConfig(d_state=16, headdim=16, chunk_size=8))
+    extra = {"max_autotune_gemm": True, "coordinate_descent_tuning": True}
+    lm = GolfLM(vocab_size=97, seq_len=24, backbone=cfg, compile=True, compile_options=extra)
+    lm.configure_model()
+    assert calls and all(kwargs["options"] == {**INDUCTOR_OPTIONS, **extra} for kwargs in calls)
+    assert lm.hparams["compile_options"] == extra
+    with pytest.raises(GolfError, match=r"unknown Inductor option\(s\) max_autotune_gem;") as err:
+        GolfLM(vocab_size=97, seq_len=24, backbone=cfg, compile=True, compile_options={"max_autotune_gem": True})
+    assert "\n" not in str(err.value)
+
+
 def test_regional_compile_shares_one_graph_per_block_kind_and_matches_eager(monkeypatch):
     import functools
 
