@@ -12,12 +12,13 @@ import torch
 
 # Kernel families for the step's breakdown, first match wins (names as the CUDA profiler reports them): the SSM scan's
 # kernels (golf's Triton kernels, the peers' mamba_ssm ones), attention (cuDNN/flash SDPA; before the matmuls, because
-# FlashAttention-2's kernel names carry their CUTLASS template types), cuBLAS/CUTLASS matmuls, Inductor's generated
-# kernels (elementwise, norms, reductions, the optimizer's fused updates), collectives, copies.
+# FlashAttention-2's kernel names carry their CUTLASS template types), cuBLAS/CUTLASS matmuls and Inductor's matmul
+# templates, Inductor's other kernels (elementwise, norms, reductions, the optimizer's fused updates), collectives,
+# copies.
 KERNEL_FAMILIES = (
     ("ssm scan", r"^_(fwd|bwd)_|^_prologue|^_theta|^_block_scan|mamba|_chunk_scan|_chunk_state|_state_passing|ssd"),
     ("attention", r"sdpa|flash|fmha"),
-    ("matmul", r"nvjet|gemm|cutlass|xmma|cublas"),
+    ("matmul", r"nvjet|gemm|cutlass|xmma|cublas|^triton_tem_"),  # triton_tem_: Inductor's matmul templates (autotune)
     ("inductor", r"^triton_"),
     ("collectives", r"nccl"),
     ("copies and fills", r"copy|memcpy|memset|fill"),
