@@ -250,3 +250,47 @@ def test_train_step_profile_top_adds_one_profiled_step_to_golf_and_peer_rows(mon
                               peer_timeout=120, profile=200)
     assert (peers / "iterations.txt").read_text() == "14"
     assert row["ms_per_step"] == pytest.approx(100.0) and row["exit"] == 0
+
+
+def _step_result(path, device, rows):
+    path.write_text(json.dumps({"device": device, "torch": "2.11.0+cu130", "date": "2026-11-29", "commit": "abc1234",
+                                "steps": 8, "warmup": 3, "rows": rows}))
+    return path
+
+
+def test_compare_steps_puts_runs_side_by_side_with_ratios_flags_other_devices_and_diffs_families(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from compare_steps import report
+
+    prof = lambda total, scan: {"total_ms": total, "families": {"ssm scan": {"ms": scan}, "matmul": {"ms": 100.0}}}  # noqa: E731
+    old = _step_result(tmp_path / "old.json", "NVIDIA H200", [
+        {"config": "hybrid_sp1024", "row": "golf", "ms_per_step": 560.0, "tokens_per_s": 1.87e6,
+         "profile": prof(540.0, 130.0)},
+        {"config": "hybrid_sp1024", "row": "peer", "ms_per_step": 640.0, "tokens_per_s": 1.64e6}])
+    new = _step_result(tmp_path / "new.json", "NVIDIA H100 80GB HBM3", [
+        {"config": "hybrid_sp1024", "row": "golf", "ms_per_step": 532.0, "tokens_per_s": 1.97e6,
+         "profile": prof(515.0, 105.0)},
+        {"config": "baseline_sp1024", "row": "all", "error": "exit 124, see x.log"}])
+    lines = report([old, new]).splitlines()
+    assert lines[0].startswith(f"[0] {old}: NVIDIA H200") and lines[1].startswith(f"[1] {new}: NVIDIA H100")
+    assert "note: device differs: NVIDIA H200 | NVIDIA H100 80GB HBM3" in lines
+    golf = next(line for line in lines if line.startswith("hybrid_sp1024") and " golf " in line).split()
+    assert golf[2:] == ["560.0", "1,870,000", "1.000", "532.0", "1,970,000", "0.950"]
+    peer = next(line for line in lines if line.startswith("hybrid_sp1024") and " peer " in line).split()
+    assert peer[2:] == ["640.0", "1,640,000", "1.000", "-"]  # a row missing from a run is a dash, not a zero
+    assert any(line.startswith("baseline_sp1024") and "exit 124" in line for line in lines)
+    assert lines[lines.index("GPU kernel ms per family, one profiled step of hybrid_sp1024 (golf)") + 2:][:3] == [
+        f"{'kernels in all':<18}{540.0:>10.1f}{515.0:>10.1f}{-25.0:>+14.1f}",
+        f"{'ssm scan':<18}{130.0:>10.1f}{105.0:>10.1f}{-25.0:>+14.1f}",
+        f"{'matmul':<18}{100.0:>10.1f}{100.0:>10.1f}{0.0:>+14.1f}"]
+
+
+@pytest.mark.parametrize("content", ["not json", '{"rows": [{"ms_per_step": 1.0}]}', "[1, 2]"])
+def test_compare_steps_refuses_a_file_that_is_no_step_result_in_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "kernel.json"
+    path.write_text(content)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare_steps.py"), str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    message = run.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: ") and "train_step.py" in message
