@@ -124,7 +124,8 @@ class GolfLM(pl.LightningModule):
                 compile, no fusion across block boundaries.
             compile_warmup_steps: Steps run before the clock starts to compile, then model and optimizer are restored.
             compile_options: Inductor options (``torch._inductor.config`` names) over golf's, for the model's graphs,
-                e.g. ``{max_autotune_gemm: true}``; None keeps golf's.
+                e.g. ``{triton.cudagraphs: true}``; None keeps golf's. benchmarks/RESULTS.md has the ones measured
+                (``max_autotune_gemm``: slower, and a compile over two minutes).
             max_bad_steps: Stop with an error after this many consecutive non-finite losses (their updates are skipped).
         """
         super().__init__()
