@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -228,19 +229,23 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     peers = peers.resolve()  # the script runs with the peers folder as its working directory
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     last = warmup + steps
-    env = dict(os.environ, DATA_PATH=str(Path(data_dir).resolve()), VOCAB_SIZE=str(vocab),
-               TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()),
-               ITERATIONS=str(last + (1 if profile else 0)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
-               MAX_WALLCLOCK_SECONDS="0", RUN_ID=f"peer_{config}")
+    settings = dict(ITERATIONS=str(last + (1 if profile else 0)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0",
+                    TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", VOCAB_SIZE=str(vocab))
     if config.startswith("baseline"):
         script = peers / "train_gpt.py"
     else:
         script = peers / "train_mamba3_hybrid.py"
-        env.update(NUM_LAYERS="7", NUM_ATTN_LAYERS="2", USE_BIGRAM_HASH="0", TRAIN_SEQ_LEN="4096",
-                   TRAIN_BATCH_TOKENS="1048576", SWEEP_MODE="1", TTT_ENABLED="0",
-                   PYTHONPATH=os.pathsep.join([str(peers / "mamba_src"), str(peers / "stubs"), env.get("PYTHONPATH", "")]))
+        settings.update(NUM_LAYERS="7", NUM_ATTN_LAYERS="2", USE_BIGRAM_HASH="0", TRAIN_SEQ_LEN="4096",
+                        TRAIN_BATCH_TOKENS="1048576", SWEEP_MODE="1", TTT_ENABLED="0")
     if not script.is_file():
         return dict(error=f"{script} not found (place the challenge's script there)")
+    env = dict(os.environ, **settings, DATA_PATH=str(Path(data_dir).resolve()), RUN_ID=f"peer_{config}",
+               TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()))
+    if not config.startswith("baseline"):
+        env["PYTHONPATH"] = os.pathsep.join([str(peers / "mamba_src"), str(peers / "stubs"), env.get("PYTHONPATH", "")])
+    # Which script ran, so that "unchanged" can be checked against the challenge's repository, and how it was set.
+    provenance = dict(script=script.name, script_sha256=hashlib.sha256(script.read_bytes()).hexdigest(),
+                      settings=settings)
     t0 = time.perf_counter()
     log_path = log_dir / f"peer_{Path(config).stem}.log"
     profile_path = log_dir / f"peer_{Path(config).stem}.profile.json"
@@ -263,12 +268,13 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     times = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"step:(\d+)/\d+ .*?train_time:([\d.]+)ms", log)]
     t_by_step = {step: t for step, t in times if step <= last}  # not the profiled step
     if not t_by_step or max(t_by_step) <= warmup or warmup not in t_by_step:
-        return dict(error=f"exit {returncode}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}")
+        return dict(error=f"exit {returncode}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}",
+                    **provenance)
     timed_last = max(t_by_step)
     ms = (t_by_step[timed_last] - t_by_step[warmup]) / (timed_last - warmup)
     mem = re.search(r"peak memory allocated: (\d+) MiB", log)
     row = dict(ms_per_step=ms, peak_mem_gb=int(mem.group(1)) * 2**20 / 1e9 if mem else None,
-               wall_s=time.perf_counter() - t0, exit=returncode)
+               wall_s=time.perf_counter() - t0, exit=returncode, **provenance)
     if profile_path.is_file():
         row["profile"] = json.loads(profile_path.read_text())
     return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -250,6 +251,9 @@ def test_train_step_profile_top_adds_one_profiled_step_to_golf_and_peer_rows(mon
                               peer_timeout=120, profile=200)
     assert (peers / "iterations.txt").read_text() == "14"
     assert row["ms_per_step"] == pytest.approx(100.0) and row["exit"] == 0
+    script = (peers / "train_gpt.py").read_bytes()
+    assert (row["script"], row["script_sha256"]) == ("train_gpt.py", hashlib.sha256(script).hexdigest())
+    assert row["settings"]["ITERATIONS"] == "14" and row["settings"]["VOCAB_SIZE"] == "1024"
 
 
 def _step_result(path, device, rows):
