@@ -148,6 +148,11 @@ class GolfLM(pl.LightningModule):
         self.compile_regions = compile_regions
         self.compile_warmup_steps = compile_warmup_steps
         self.inductor_options = inductor_options(compile_options)
+        # CUDA graphs (Inductor's cudagraph trees) reuse their output memory on every replay. A first backward's
+        # gradient is installed as ``.grad`` by stealing that memory, and the next micro-batch's replay overwrites it
+        # (pytorch/pytorch#169545): with CUDA graphs every ``.grad`` is kept as its own buffer, and each backward adds
+        # into it.
+        self.keep_grad_buffers = bool(self.inductor_options.get("triton.cudagraphs", False))
         self.max_bad_steps = max_bad_steps
         self.val_metric = BitsPerByte()
         self.lr_scale = 1.0
@@ -276,6 +281,10 @@ class GolfLM(pl.LightningModule):
         """One optimizer step over ``[accum, micro_seqs, L+1]`` windows; returns the mean loss (device tensor)."""
         accum = batch.size(0)
         total = torch.zeros((), device=batch.device)
+        if self.keep_grad_buffers:
+            for p in self.model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
         for m in range(accum):
             x, y = batch[m, :, :-1], batch[m, :, 1:]
             last = m == accum - 1
@@ -295,7 +304,7 @@ class GolfLM(pl.LightningModule):
         if self.optim_config.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip_norm)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not self.keep_grad_buffers)
         return total
 
     def no_grad_sync(self):

@@ -107,3 +107,16 @@ class FailFromStep(Constraint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         record_last_step(self.out_dir, trainer)  # every step: the file left at the end holds the last one
+
+
+class GradBufferProbe(Callback):
+    """Records, after every training batch, whether every parameter still holds a ``.grad`` tensor (grad_buffers.json)."""
+
+    def __init__(self, out_dir: str = ".") -> None:
+        self.out_dir, self.kept = out_dir, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.kept.append(all(p.grad is not None for p in pl_module.model.parameters()))
+
+    def on_train_end(self, trainer, pl_module):
+        (Path(self.out_dir) / "grad_buffers.json").write_text(json.dumps(self.kept))
