@@ -30,12 +30,12 @@ descriptors and no ``triton.set_allocator``.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from golf.kernels.triton_util import dot_precision, interpreter_compat
 
 __all__ = ["gla_chunk_bwd_triton", "gla_chunk_fwd_triton"]
 
@@ -301,33 +301,6 @@ def _bwd_dqkvg_chunk(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    """Kernels run under Triton's interpreter (``TRITON_INTERPRET=1``: NumPy on the CPU, no PTX)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _interpreter_compat() -> None:
-    """Let runtime loop bounds (``range(NT)``) run under ``TRITON_INTERPRET=1`` with NumPy 2.
-
-    Triton 3.6's interpreter turns a scalar (stored as a 1-element array) into a Python int with ``int(array)``,
-    which NumPy 2 rejects for arrays of ndim 1. Only patched in interpreter mode, once, at the first launch.
-    """
-    if not _interpreting():
-        return
-    from triton.runtime import interpreter
-
-    if getattr(interpreter, "_golf_index_compat", False) or not hasattr(interpreter, "_patch_lang_tensor"):
-        return
-    original = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-    interpreter._golf_index_compat = True
-
-
 def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int) -> None:
     b, t, h, n = q.shape
     p = v.shape[-1]
@@ -339,12 +312,6 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int) -> None:
         raise ValueError(f"Triton GLA supports chunk_size in (16, 32, 64, 128), got {chunk_size}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"q, k, v must share one dtype of bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
 
 
 # Launch parameters per kernel for N = P = 64, chunk 64, swept in GPU time on an H200 (benchmarks/kernel_configs.py,
@@ -390,7 +357,7 @@ def _launch_fwd_states(k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, bt: i
     ht = k.new_empty(b, h, p, n, dtype=torch.float32)
     _fwd_states[(p // cfg["bv"], b * h)](
         k, v, g, h0 if h0 is not None else ht, hs, ht, t, nt, v.stride(1),
-        H=h, N=n, P=p, BT=bt, BV=cfg["bv"], HAS_H0=h0 is not None, DOT_PREC=_dot_precision(k.dtype),
+        H=h, N=n, P=p, BT=bt, BV=cfg["bv"], HAS_H0=h0 is not None, DOT_PREC=dot_precision(k.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return hs, ht
@@ -421,7 +388,7 @@ def gla_chunk_fwd_triton(
     when there is a gate, else an empty tensor, and the chunk states ``hs`` ``[B, H, NT, P, N]`` in the input dtype,
     which the backward takes instead of recomputing them)."""
     _check(q, k, v, g, chunk_size)
-    _interpreter_compat()
+    interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
     v_skip, gate = _output_stage(v_skip, gate, v)
     g = g.float().contiguous()
@@ -436,7 +403,7 @@ def gla_chunk_fwd_triton(
     _fwd_output[(triton.cdiv(nt, cfg["chunks"]), b * h)](
         q, k, v, g, hs, g if v_skip is None else v_skip, v if gate is None else gate, y, y if gate is None else u,
         t, nt, v.stride(1), v.stride(1) if gate is None else gate.stride(1),
-        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=_dot_precision(q.dtype), HAS_SKIP=v_skip is not None,
+        H=h, N=n, P=p, BT=chunk_size, DOT_PREC=dot_precision(q.dtype), HAS_SKIP=v_skip is not None,
         HAS_Z=gate is not None, CHUNKS=cfg["chunks"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, ht, u, hs
@@ -460,7 +427,7 @@ def gla_chunk_bwd_triton(
     None to recompute the chunk states). Returns (dq, dk, dv in the input dtype, dlog_decay fp32, dinitial_state
     fp32, dv_skip fp32 or None, dgate in the gate's dtype or None)."""
     _check(q, k, v, g, chunk_size)
-    _interpreter_compat()
+    interpreter_compat()
     q, k, v = q.contiguous(), k.contiguous(), _rows_of_heads(v)
     v_skip, gate = _output_stage(v_skip, gate, v)
     if gate is not None and (u is None or u.shape != v.shape):
@@ -471,7 +438,7 @@ def gla_chunk_bwd_triton(
     dht = dfinal_state.float().contiguous() if dfinal_state is not None else None
     b, t, h, n = q.shape
     p = v.shape[-1]
-    prec = _dot_precision(q.dtype)
+    prec = dot_precision(q.dtype)
     nt = triton.cdiv(t, chunk_size)
     if hs is None:
         hs, _ = _launch_fwd_states(k, v, g, h0, chunk_size)

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from golf.kernels.ssm_scan.triton_chunk import _interpreter_compat, _interpreting
+from golf.kernels.triton_util import interpreter_compat, interpreting
 
 __all__ = ["mamba3_prologue_bwd_triton", "mamba3_prologue_fwd_triton", "theta_carry_shape"]
 
@@ -337,7 +337,7 @@ def _prologue_bwd_fix(
 def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
     """Both launchers' set-up: the inputs (contiguous, fp32 side inputs; angles keep their strides, so a stride-0
     head ``expand`` is read as is) and the sizes ``(B, T, G, N, H, R, NT)``."""
-    _interpreter_compat()
+    interpreter_compat()
     g, n = q.shape[2:]
     h, r = dt.shape[2], angles.shape[3]
     if k.shape != q.shape or h % g or n & (n - 1) or n < 2 or 2 * r > n:
@@ -354,7 +354,7 @@ def _prepare(q, k, dt, trap, q_bias, k_bias, angles):
 
 def _fast_trig() -> bool:
     """LAUNCH_CONFIG["fast_trig"], except under TRITON_INTERPRET and on ROCm (the approximate cos/sin are PTX)."""
-    return bool(LAUNCH_CONFIG["fast_trig"]) and not _interpreting() and torch.version.hip is None
+    return bool(LAUNCH_CONFIG["fast_trig"]) and not interpreting() and torch.version.hip is None
 
 
 def _register_cap(maxnreg: int) -> dict[str, int]:
