@@ -24,8 +24,9 @@ import tempfile
 from pathlib import Path
 
 REGISTERS_PER_SM, MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM, SHARED_PER_SM = 65536, 32, 64, 227 * 1024
-INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_vt", "s_zt"}
-BF16 = {"q", "k", "v", "z", "y", "u", "dy", "dz", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "hs", "dhs"}
+INTS = {"T", "NT", "s_ab", "s_at", "s_ah", "s_vt", "s_zt", "M", "N", "K", "s_xm", "s_wn", "s_dym", "s_wk"}
+BF16 = {"q", "k", "v", "z", "y", "u", "dy", "dz", "q_rot", "k_w", "dq_rot", "dk_w", "do", "dv", "hs", "dhs",
+        "x", "w", "h", "act", "dh"}
 
 
 def kernel_rows() -> list[tuple[str, object, dict, dict]]:
@@ -84,6 +85,13 @@ def kernel_rows() -> list[tuple[str, object, dict, dict]]:
     for name, fn in (("fwd_output", tc._fwd_output), ("bwd_dqkvg", tc._bwd_dqkvg)):
         stage = dict(HAS_SKIP=True, HAS_Z=True) if name == "fwd_output" else dict(HAS_SKIP=True)
         rows.append(("4-chunk loop, num_stages 3", fn, dict(gla, **stage, CHUNKS=4), dict(num_warps=4, num_stages=3)))
+    # the MLP's matmuls with the activation in their epilogues (golf/kernels/mlp_act), bf16, LeakyReLU(0.5)²
+    from golf.kernels.mlp_act import triton_mlp as tm
+
+    for name, fn in (("fwd", tm._fc_act_fwd), ("bwd", tm._dgrad_act_bwd)):
+        cfg = tm.LAUNCH_CONFIG[name]
+        tiles = dict(SLOPE=0.5, BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], GROUP_M=cfg["group_m"], DOT_PREC="tf32")
+        rows.append(("shipped", fn, tiles, {key: cfg[key] for key in ("num_warps", "num_stages")}))
     return rows
 
 

@@ -3,9 +3,9 @@
 The interpreter (``TRITON_INTERPRET=1``) runs kernels as NumPy and skips the compiler's type checks, so a kernel can
 pass every CPU test and still fail to compile on the GPU (a loop-carried variable whose type changes inside a loop
 did exactly that). Triton's compiler needs no GPU for a given target: ``benchmarks/kernel_registers.py`` compiles
-every kernel to PTX and runs ptxas for sm_90a with the realistic constexprs and dtypes of the training shape, the
-shipped launch settings and the other paths' and sweeps' variants. Runs in a subprocess because the kernels must be
-imported without ``TRITON_INTERPRET``."""
+every kernel (the SSM scan's and the MLP's matmuls) to PTX and runs ptxas for sm_90a with the realistic constexprs
+and dtypes of the training shape, the shipped launch settings and the other paths' and sweeps' variants. Runs in a
+subprocess because the kernels must be imported without ``TRITON_INTERPRET``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from conftest import REPO
 triton = pytest.importorskip("triton")
 
 KERNELS = {"_theta_block_sums", "_block_scan", "_prologue_fwd", "_prologue_bwd", "_prologue_bwd_fix", "_fwd_states",
-           "_fwd_output", "_bwd_output_stage", "_bwd_states", "_bwd_dqkvg"}  # fmt: skip
+           "_fwd_output", "_bwd_output_stage", "_bwd_states", "_bwd_dqkvg", "_fc_act_fwd", "_dgrad_act_bwd"}  # fmt: skip
 
 
 def test_every_triton_kernel_compiles_for_sm90(tmp_path):
