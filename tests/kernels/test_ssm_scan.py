@@ -378,20 +378,24 @@ def test_gated_output_explicit_backward(with_skip, with_gate):
 
 def test_compile_caches_are_tagged_with_the_kernel_sources(tmp_path):
     """A warm Inductor cache must not serve a graph compiled against older op definitions: every cache key carries a
-    hash of the kernel package's sources, and a user's own tag is left alone."""
+    hash of the kernel packages' sources, and a user's own tag is left alone."""
     import shutil
 
-    from golf.kernels.ssm_scan import op
+    import golf.kernels
 
-    package = Path(op.__file__).parent
-    assert torch.compiler.config.cache_key_tag == op.kernel_source_tag()
-    copy = tmp_path / "ssm_scan"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert op.kernel_source_tag(copy) == op.kernel_source_tag()
-    (copy / "op.py").write_text((copy / "op.py").read_text() + "\n# changed\n")
-    assert op.kernel_source_tag(copy) != op.kernel_source_tag()
+    kernels = Path(golf.kernels.__file__).parent
+    assert torch.compiler.config.cache_key_tag == golf.kernels.kernel_source_tag()
+    copy = tmp_path / "kernels"
+    shutil.copytree(kernels, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert golf.kernels.kernel_source_tag(copy) == golf.kernels.kernel_source_tag()
+    for changed in ("ssm_scan/op.py", "mlp_act/op.py"):  # every kernel package's ops are in the key
+        edited = copy / changed
+        original = edited.read_text()
+        edited.write_text(original + "\n# changed\n")
+        assert golf.kernels.kernel_source_tag(copy) != golf.kernels.kernel_source_tag()
+        edited.write_text(original)
     with torch.compiler.config.patch(cache_key_tag="users-own"):
-        op._tag_compile_caches()
+        golf.kernels.tag_compile_caches()
         assert torch.compiler.config.cache_key_tag == "users-own"
 
 

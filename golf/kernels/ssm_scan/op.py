@@ -14,9 +14,6 @@ are plain PyTorch that Inductor fuses.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
@@ -40,27 +37,6 @@ from golf.kernels.ssm_scan.reference import (
 __all__ = ["gla_chunk", "mamba3_prologue", "mamba3_siso"]
 
 BACKENDS = ("auto", "triton", "reference", "recurrent")
-
-
-def kernel_source_tag(package_dir: Path = Path(__file__).parent) -> str:
-    """``golf-<hash>`` of the kernel package's Python sources (ops, references, Triton kernels)."""
-    digest = hashlib.sha256()
-    for path in sorted(package_dir.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"golf-{digest.hexdigest()[:16]}"
-
-
-def _tag_compile_caches() -> None:
-    """Tag torch.compile's on-disk cache keys with :func:`kernel_source_tag`, unless a tag is set already
-    (``TORCH_COMPILE_CACHE_KEY_TAG``). The caches key a graph by the custom ops' names, not by their schemas or
-    autograd formulas: after an op gained an output to save for its backward, a warm cache served the old compiled
-    backward, which called the new op with the old arguments."""
-    config = getattr(torch.compiler, "config", None)
-    if config is not None and hasattr(config, "cache_key_tag") and not config.cache_key_tag:
-        config.cache_key_tag = kernel_source_tag()
-
-
-_tag_compile_caches()
 
 
 # ---------------------------------------------------------------------------------------------------------------
