@@ -48,7 +48,7 @@ class Block(nn.Module):
         super().__init__()
         dim = config.model_dim
         self.mixer = mixer_cls(dim, config, layer_idx)
-        self.mlp = MLP(dim, config.mlp_mult, config.mlp_activation)
+        self.mlp = MLP(dim, config.mlp_mult, config.mlp_activation, fused=config.fused_mlp)
         self.mix_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))

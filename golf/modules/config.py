@@ -42,6 +42,9 @@ class BackboneConfig:
     mlp_mult: float = 2.0
     mlp_activation: str = "relu2"
     """relu2 (baseline) or leaky_relu2 (LeakyReLU(0.5) squared, later records and the SSM entry)."""
+    fused_mlp: bool = False
+    """The MLP through golf's Triton matmuls with the activation (and its gradient) in their epilogues, on CUDA; false:
+    cuBLAS matmuls and Inductor's activation kernels. Same math; off until its speed is measured (benchmarks/RESULTS.md)."""
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
     logit_softcap: float = 30.0

@@ -21,10 +21,14 @@ class CastedLinear(nn.Linear):
         if zero_init:
             nn.init.zeros_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight as this layer multiplies with it: after ``weight_transform``, in ``dtype``."""
         w = self.weight if self.weight_transform is None else self.weight_transform(self.weight)
+        return w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, w.to(x.dtype), bias)
+        return F.linear(x, self.weight_as(x.dtype), bias)
 
 
 def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
@@ -77,9 +81,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class MLP(nn.Module):
-    """fc -> relu² (baseline) or LeakyReLU(0.5)² -> proj (zero-initialised)."""
+    """fc -> relu² (baseline) or LeakyReLU(0.5)² -> proj (zero-initialised).
 
-    def __init__(self, dim: int, mult: float, activation: str = "relu2") -> None:
+    ``fused``: the same MLP through ``golf::mlp_act`` (golf/kernels/mlp_act), whose Triton matmuls apply the activation
+    and its gradient in their epilogues, whenever no hook watches fc or proj (GPTQ's calibration and test-time
+    training's LoRA hook those modules' calls, so they get the module path)."""
+
+    def __init__(self, dim: int, mult: float, activation: str = "relu2", fused: bool = False) -> None:
         super().__init__()
         if activation not in ("relu2", "leaky_relu2"):
             raise ValueError(f"model.backbone.mlp_activation={activation!r}: use 'relu2' or 'leaky_relu2'")
@@ -87,8 +95,17 @@ class MLP(nn.Module):
         self.fc = CastedLinear(dim, hidden)
         self.proj = CastedLinear(hidden, dim, zero_init=True)
         self.negative_slope = 0.0 if activation == "relu2" else 0.5
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and not (self.fc._forward_hooks or self.fc._forward_pre_hooks or self.proj._forward_hooks
+                               or self.proj._forward_pre_hooks):  # fmt: skip
+            from golf.kernels.mlp_act import mlp_act
+
+            # a custom op has no autocast rule: cast as autocast would cast F.linear's operands
+            device = x.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            return mlp_act(x.to(dtype), self.fc.weight_as(dtype), self.proj.weight_as(dtype), self.negative_slope)
         h = self.fc(x)
         h = F.relu(h) if self.negative_slope == 0.0 else F.leaky_relu(h, self.negative_slope)
         return self.proj(h.square())

@@ -251,3 +251,58 @@ def test_residual_stream_dtype_under_autocast():
     torch.testing.assert_close(models["float32"](idx), models["autocast"](idx), rtol=0, atol=0)
     with pytest.raises(GolfError, match="residual_dtype='bf16'.*'float32' or 'autocast'"):
         Backbone(BackboneConfig(residual_dtype="bf16"), vocab_size=64)
+
+
+@pytest.mark.parametrize("activation", ["relu2", "leaky_relu2"])
+def test_fused_mlp_equals_the_module_path_and_gives_way_to_hooks(monkeypatch, activation):
+    """``fused_mlp`` runs golf::mlp_act (its PyTorch twin on CPU) with the layers' transformed weights: same output
+    and gradients as fc -> activation -> proj; a hook on fc or proj (GPTQ, test-time LoRA) gets the module path."""
+    import golf.kernels.mlp_act
+    from golf.modules.layers import MLP
+
+    fused_calls = []
+    op = golf.kernels.mlp_act.mlp_act
+    monkeypatch.setattr(golf.kernels.mlp_act, "mlp_act", lambda *a: fused_calls.append(a[-1]) or op(*a))
+    torch.manual_seed(0)
+    plain, fused = MLP(16, 3.0, activation), MLP(16, 3.0, activation, fused=True)
+    torch.nn.init.normal_(plain.proj.weight, std=0.2)  # zero-initialised, it would hide the rest
+    fused.load_state_dict(plain.state_dict())
+    for m in (plain, fused):  # a weight transform (LateQAT's hook point) must reach the fused path too
+        m.fc.weight_transform = lambda w: 2 * w
+    x = torch.randn(2, 5, 16)
+    outs = []
+    for m in (plain, fused):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        outs.append((y, xi.grad, m.fc.weight.grad, m.proj.weight.grad))
+    assert fused_calls == [fused.negative_slope]
+    for ref, got in zip(*outs):
+        torch.testing.assert_close(got, ref)
+    hooked = []
+    handle = fused.fc.register_forward_hook(lambda mod, inputs, out: hooked.append(out.shape))
+    torch.testing.assert_close(fused(x), plain(x))
+    handle.remove()
+    assert hooked == [torch.Size([2, 5, 48])] and len(fused_calls) == 1
+
+
+def test_fused_mlp_under_bf16_autocast_and_compile_matches_the_module_path():
+    cfg = BackboneConfig(model_dim=32, layers="AA", num_heads=2, num_kv_heads=1, mlp_activation="leaky_relu2")
+    torch.manual_seed(0)
+    plain = Backbone(cfg, vocab_size=64)
+    fused = Backbone(replace(cfg, fused_mlp=True), vocab_size=64)
+    for block in plain.blocks:  # zero-initialised, proj would hide the MLP
+        torch.nn.init.normal_(block.mlp.proj.weight, std=0.1)
+    fused.load_state_dict(plain.state_dict())
+    assert all(b.mlp.fused for b in fused.blocks) and not any(b.mlp.fused for b in plain.blocks)
+    tokens = torch.randint(0, 64, (2, 17))
+    losses = []
+    for model in (plain, fused):
+        loss_fn = torch.compile(model.loss, fullgraph=True, backend="aot_eager")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        losses.append((loss, model.blocks[0].mlp.fc.weight.grad))
+    (loss_p, grad_p), (loss_f, grad_f) = losses
+    torch.testing.assert_close(loss_f, loss_p, rtol=2e-2, atol=2e-2)
+    assert ((grad_f - grad_p).norm() / grad_p.norm()).item() < 5e-2
