@@ -298,3 +298,11 @@ def test_compare_steps_refuses_a_file_that_is_no_step_result_in_one_line_naming_
     assert run.returncode != 0
     message = run.stderr.strip()
     assert len(message.splitlines()) == 1 and message.startswith(f"{path}: ") and "train_step.py" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_mlp_kernel_benchmark_refuses_a_machine_without_a_gpu_in_one_line():
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "mlp_kernel.py"), "--shapes", "hybrid"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip() == "mlp_kernel.py times GPU kernels: run it on a machine with a CUDA GPU"
