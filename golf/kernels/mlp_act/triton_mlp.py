@@ -42,9 +42,12 @@ def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _matmul_tile(a, b, M, N, K, s_am, s_ak, s_bk, s_bn, pid_m, pid_n,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
-    """fp32 ``[BM, BN]`` tile of ``A [M, K] @ B [K, N]`` (any strides), with its row and column offsets and masks."""
+def _matmul_tile(a, b, M, N, K, s_am, s_ak, s_bk, s_bn,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                 DOT_PREC: tl.constexpr):  # fmt: skip
+    """This program's fp32 ``[BM, BN]`` tile of ``A [M, K] @ B [K, N]`` (any strides), with the tile's offsets into a
+    contiguous ``[M, N]`` output and its mask."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
@@ -59,7 +62,7 @@ def _matmul_tile(a, b, M, N, K, s_am, s_ak, s_bk, s_bn, pid_m, pid_n,
         acc = tl.dot(b_a, b_b, acc, input_precision=DOT_PREC)
         a_ptrs += BK * s_ak
         b_ptrs += BK * s_bk
-    return acc, offs_m, offs_n, m_m, m_n
+    return acc, offs_m[:, None].to(tl.int64) * N + offs_n[None, :], m_m[:, None] & m_n[None, :]
 
 
 @triton.jit
@@ -68,11 +71,8 @@ def _fc_act_fwd(
     SLOPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     # B = W^T: element (k, n) of B is w[n, k]
-    acc, offs_m, offs_n, m_m, m_n = _matmul_tile(x, w, M, N, K, s_xm, 1, 1, s_wn, pid_m, pid_n, BM, BN, BK, DOT_PREC)
-    offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    mask = m_m[:, None] & m_n[None, :]
+    acc, offs, mask = _matmul_tile(x, w, M, N, K, s_xm, 1, 1, s_wn, BM, BN, BK, GROUP_M, DOT_PREC)
     b_h = acc.to(h.dtype.element_ty)
     tl.store(h + offs, b_h, mask=mask)
     b_hf = b_h.to(tl.float32)
@@ -86,11 +86,8 @@ def _dgrad_act_bwd(
     SLOPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     # B = W2 [K = D, N = F] as stored
-    acc, offs_m, offs_n, m_m, m_n = _matmul_tile(dy, w, M, N, K, s_dym, 1, s_wk, 1, pid_m, pid_n, BM, BN, BK, DOT_PREC)
-    offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    mask = m_m[:, None] & m_n[None, :]
+    acc, offs, mask = _matmul_tile(dy, w, M, N, K, s_dym, 1, s_wk, 1, BM, BN, BK, GROUP_M, DOT_PREC)
     b_h = tl.load(h + offs, mask=mask, other=0.0).to(tl.float32)
     b_d = acc * tl.where(b_h > 0, 2 * b_h, (2 * SLOPE * SLOPE) * b_h)
     tl.store(dh + offs, b_d.to(dh.dtype.element_ty), mask=mask)
