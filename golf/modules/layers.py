@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from golf.kernels.mlp_act import mlp_act
+
 
 class CastedLinear(nn.Linear):
     """nn.Linear whose fp32 weight is cast to the activation dtype at matmul time (bf16 autocast keeps fp32 masters).
@@ -100,8 +102,6 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and not (self.fc._forward_hooks or self.fc._forward_pre_hooks or self.proj._forward_hooks
                                or self.proj._forward_pre_hooks):  # fmt: skip
-            from golf.kernels.mlp_act import mlp_act
-
             # a custom op has no autocast rule: cast as autocast would cast F.linear's operands
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype

@@ -257,12 +257,12 @@ def test_residual_stream_dtype_under_autocast():
 def test_fused_mlp_equals_the_module_path_and_gives_way_to_hooks(monkeypatch, activation):
     """``fused_mlp`` runs golf::mlp_act (its PyTorch twin on CPU) with the layers' transformed weights: same output
     and gradients as fc -> activation -> proj; a hook on fc or proj (GPTQ, test-time LoRA) gets the module path."""
-    import golf.kernels.mlp_act
+    from golf.modules import layers
     from golf.modules.layers import MLP
 
     fused_calls = []
-    op = golf.kernels.mlp_act.mlp_act
-    monkeypatch.setattr(golf.kernels.mlp_act, "mlp_act", lambda *a: fused_calls.append(a[-1]) or op(*a))
+    op = layers.mlp_act
+    monkeypatch.setattr(layers, "mlp_act", lambda *a: fused_calls.append(a[-1]) or op(*a))
     torch.manual_seed(0)
     plain, fused = MLP(16, 3.0, activation), MLP(16, 3.0, activation, fused=True)
     torch.nn.init.normal_(plain.proj.weight, std=0.2)  # zero-initialised, it would hide the rest
