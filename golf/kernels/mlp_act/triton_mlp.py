@@ -23,7 +23,8 @@ from golf.kernels.triton_util import dot_precision, interpreter_compat
 
 __all__ = ["dgrad_act_bwd_triton", "fc_act_fwd_triton"]
 
-# Tile sizes and launch settings per kernel; not yet swept on a GPU (benchmarks/mlp_kernel.py takes --config).
+# Tile sizes and launch settings per kernel: a common Hopper starting point, not yet swept on a GPU
+# (benchmarks/mlp_kernel.py --sweep times the alternatives).
 LAUNCH_CONFIG: dict[str, dict[str, int]] = {
     "fwd": {"bm": 128, "bn": 128, "bk": 64, "group_m": 8, "num_warps": 8, "num_stages": 3},
     "bwd": {"bm": 128, "bn": 128, "bk": 64, "group_m": 8, "num_warps": 8, "num_stages": 3},
