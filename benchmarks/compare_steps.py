@@ -44,12 +44,11 @@ def differences(runs: list[dict]) -> list[str]:
     return notes
 
 
-def table(paths: list[Path], runs: list[dict]) -> list[str]:
-    keys = list(dict.fromkeys(row_key(r) for run in runs for r in run["rows"]))
-    by_run = [{row_key(r): r for r in run["rows"]} for run in runs]
+def table(keys: list[tuple[str, str]], by_run: list[dict[tuple[str, str], dict]]) -> list[str]:
+    """ms/step, tokens/s and the ratio to the first run's ms/step, per (config, row) and run."""
     width = max([16] + [len(c) + 2 for c, _ in keys])
-    lines = [f"{'':<{width + 6}}" + "".join(f"{f'[{i}]':>30}" for i in range(len(runs)))]
-    lines.append(f"{'config':<{width}}{'row':<6}" + "".join(f"{'ms/step':>10}{'tok/s':>12}{'x [0]':>8}" for _ in runs))
+    lines = [f"{'':<{width + 6}}" + "".join(f"{f'[{i}]':>30}" for i in range(len(by_run)))]
+    lines.append(f"{'config':<{width}}{'row':<6}" + "".join(f"{'ms/step':>10}{'tok/s':>12}{'x [0]':>8}" for _ in by_run))
     for key in keys:
         cells, first = [], by_run[0].get(key, {}).get("ms_per_step")
         for rows in by_run:
@@ -64,13 +63,11 @@ def table(paths: list[Path], runs: list[dict]) -> list[str]:
     return lines
 
 
-def family_tables(runs: list[dict]) -> list[str]:
+def family_tables(keys: list[tuple[str, str]], by_run: list[dict[tuple[str, str], dict]]) -> list[str]:
     """Per row profiled in two or more runs: GPU kernel ms per family in each run, and the last minus the first."""
     lines = []
-    keys = list(dict.fromkeys(row_key(r) for run in runs for r in run["rows"]))
     for key in keys:
-        profiles = [(i, r["profile"]) for i, run in enumerate(runs) for r in run["rows"]
-                    if row_key(r) == key and "profile" in r]
+        profiles = [(i, rows[key]["profile"]) for i, rows in enumerate(by_run) if "profile" in rows.get(key, {})]
         if len(profiles) < 2:
             continue
         families = list(dict.fromkeys(f for _, p in profiles for f in p.get("families", {})))
@@ -91,7 +88,9 @@ def report(paths: list[Path]) -> str:
     notes = differences(runs)
     if len(runs) > 1:
         lines += [f"note: {n}" for n in notes] or ["note: same device, torch and step counts; still separate calls"]
-    lines += ["", *table(paths, runs), *family_tables(runs)]
+    keys = list(dict.fromkeys(row_key(r) for run in runs for r in run["rows"]))
+    by_run = [{row_key(r): r for r in run["rows"]} for run in runs]
+    lines += ["", *table(keys, by_run), *family_tables(keys, by_run)]
     return "\n".join(lines)
 
 
