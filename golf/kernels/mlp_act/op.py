@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from golf.kernels.mlp_act.reference import mlp_act_reference, mlp_act_reference_bwd
+from golf.kernels.mlp_act.reference import grads_from_dh, mlp_act_reference, mlp_act_reference_bwd
 
 __all__ = ["mlp_act"]
 
@@ -49,7 +49,7 @@ def _mlp_act_bwd(
     dy = dy.contiguous()
     with torch.cuda.device(x.device):
         dh = dgrad_act_bwd_triton(dy, w2.contiguous(), h, slope)
-    return dh @ w1, dh.t() @ x, dy.t() @ a
+    return grads_from_dh(x, w1, a, dy, dh)
 
 
 @_mlp_act_bwd.register_fake

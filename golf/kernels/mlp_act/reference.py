@@ -40,5 +40,10 @@ def mlp_act_reference_bwd(
     x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, a: Tensor, dy: Tensor, slope: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dw1, dw2) of :func:`mlp_act_reference` given the output's gradient ``dy [M, D]``."""
-    dh = activation_grad(dy @ w2, h, slope).to(h.dtype)
+    return grads_from_dh(x, w1, a, dy, activation_grad(dy @ w2, h, slope).to(h.dtype))
+
+
+def grads_from_dh(x: Tensor, w1: Tensor, a: Tensor, dy: Tensor, dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw1, dw2) once the pre-activation's gradient ``dh`` is known: the backward's plain matmuls (cuBLAS on both
+    paths)."""
     return dh @ w1, dh.t() @ x, dy.t() @ a
