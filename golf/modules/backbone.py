@@ -15,7 +15,7 @@ from torch import nn
 from golf.errors import GolfError
 from golf.modules.attention import CausalSelfAttention
 from golf.modules.config import BackboneConfig
-from golf.modules.layers import MLP, CastedLinear, RMSNorm, rms_norm
+from golf.modules.layers import MLP, CastedLinear, RMSNorm, autocast_dtype, rms_norm
 from golf.modules.mamba3 import Mamba3Mixer
 
 BUILTIN_MIXERS: dict[str, type[nn.Module]] = {"A": CausalSelfAttention, "S": Mamba3Mixer}
@@ -96,8 +96,8 @@ class Backbone(nn.Module):
         ``run_block(block, x, x0)`` stands in for ``block(x, x0)``: regional compilation passes one compiled
         function that every block of a kind shares."""
         x = rms_norm(self.tok_emb(idx))
-        if self.config.residual_dtype == "autocast" and torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.config.residual_dtype == "autocast":
+            x = x.to(autocast_dtype(x))
         x0 = x
         skips: list[torch.Tensor] = []
         new_states = []

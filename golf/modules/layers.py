@@ -33,6 +33,12 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.weight_as(x.dtype), bias)
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast computes in on ``x``'s device, or ``x``'s own dtype where autocast is off."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 
@@ -102,9 +108,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and not (self.fc._forward_hooks or self.fc._forward_pre_hooks or self.proj._forward_hooks
                                or self.proj._forward_pre_hooks):  # fmt: skip
-            # a custom op has no autocast rule: cast as autocast would cast F.linear's operands
-            device = x.device.type
-            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            dtype = autocast_dtype(x)  # a custom op has no autocast rule: cast as autocast casts F.linear's operands
             return mlp_act(x.to(dtype), self.fc.weight_as(dtype), self.proj.weight_as(dtype), self.negative_slope)
         h = self.fc(x)
         h = F.relu(h) if self.negative_slope == 0.0 else F.leaky_relu(h, self.negative_slope)
