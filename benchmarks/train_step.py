@@ -231,18 +231,20 @@ def row_peer(config: str, data_dir: str, peers: Path, steps: int, warmup: int, v
     last = warmup + steps
     settings = dict(ITERATIONS=str(last + (1 if profile else 0)), WARMUP_STEPS="3", VAL_LOSS_EVERY="0",
                     TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", VOCAB_SIZE=str(vocab))
+    import_paths = []  # put before PYTHONPATH
     if config.startswith("baseline"):
         script = peers / "train_gpt.py"
     else:
         script = peers / "train_mamba3_hybrid.py"
         settings.update(NUM_LAYERS="7", NUM_ATTN_LAYERS="2", USE_BIGRAM_HASH="0", TRAIN_SEQ_LEN="4096",
                         TRAIN_BATCH_TOKENS="1048576", SWEEP_MODE="1", TTT_ENABLED="0")
+        import_paths = [str(peers / "mamba_src"), str(peers / "stubs")]
     if not script.is_file():
         return dict(error=f"{script} not found (place the challenge's script there)")
     env = dict(os.environ, **settings, DATA_PATH=str(Path(data_dir).resolve()), RUN_ID=f"peer_{config}",
                TOKENIZER_PATH=str((Path(data_dir) / manifest["tokenizer"]).resolve()))
-    if not config.startswith("baseline"):
-        env["PYTHONPATH"] = os.pathsep.join([str(peers / "mamba_src"), str(peers / "stubs"), env.get("PYTHONPATH", "")])
+    if import_paths:
+        env["PYTHONPATH"] = os.pathsep.join([*import_paths, env.get("PYTHONPATH", "")])
     # Which script ran, so that "unchanged" can be checked against the challenge's repository, and how it was set.
     provenance = dict(script=script.name, script_sha256=hashlib.sha256(script.read_bytes()).hexdigest(),
                       settings=settings)
